@@ -1,0 +1,15 @@
+"""CLIP-PACL course package: the tested building blocks the notebooks import.
+
+One idea per module:
+
+- ``data``          captions, splits, images, transforms, tokenizers, datasets
+- ``synthetic``     the embedded "captioned shapes" dataset, written in Flickr8k's layout
+- ``flickr8k``      downloading and verifying the real Flickr8k archives (Colab path)
+- ``image_cache``   resize images once so a 2-vCPU machine is not bound by JPEG decoding
+- ``models``        image/text encoders, projection heads and the CLIP model
+- ``losses``        the symmetric contrastive (InfoNCE) loss of CLIP
+- ``metrics``       retrieval recall@K (and, later, segmentation metrics)
+- ``train``         a readable training loop with checkpoints
+- ``viz``           plots: curves, similarity matrices, retrieval galleries
+- ``demo``          the course's main job on the synthetic set (``make demo``)
+"""

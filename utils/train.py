@@ -1,0 +1,230 @@
+"""A readable training loop: AdamW, warm-up + cosine schedule, clipping, AMP on CUDA, checkpoints.
+
+The loop knows nothing about CLIP or PACL: it takes parameter groups and a ``loss_fn(model, batch)``.
+:func:`clip_parameter_groups` and :func:`clip_batch_loss` plug CLIP into it; PACL plugs in its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from utils.losses import clip_loss
+
+LossFn = Callable[[nn.Module, dict], torch.Tensor]
+EvalFn = Callable[[nn.Module], dict]
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of :func:`fit`. Learning rates live in the parameter groups."""
+
+    epochs: int = 10
+    warmup_fraction: float = 0.05    # share of all steps spent ramping the learning rate up
+    min_lr_ratio: float = 0.0        # the cosine ends at this fraction of each group's peak lr
+    grad_clip: float | None = 1.0    # max global gradient norm (None: no clipping)
+    amp: bool = True                 # mixed precision; only ever switched on for CUDA devices
+    eval_every: int = 1              # epochs between evaluations (0: never)
+    checkpoint_dir: str | Path | None = None
+    seed: int = 0
+    device: str = "auto"             # "auto" picks CUDA when available
+    progress: bool = True
+
+
+@dataclass
+class History:
+    """What happened during training, for plots: one row per step and one per evaluation."""
+
+    steps: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 -- the global generator other libraries draw from
+    torch.manual_seed(seed)
+
+
+def clip_parameter_groups(model: nn.Module, encoder_lr: float, head_lr: float,
+                          weight_decay: float = 0.1) -> list[dict]:
+    """AdamW groups: encoders and heads get their own learning rates (pretrained encoders want a
+    small one, fresh heads a larger one). Biases, norms and the temperature get no weight decay."""
+    groups = []
+    for params, lr in ((model.encoder_parameters(), encoder_lr), (model.head_parameters(), head_lr)):
+        params = [p for p in params if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups += [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def clip_batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """CLIP loss of one collated batch; uses ``batch["positives"]`` ``[B, B]`` when present."""
+    image_emb, text_emb, logit_scale = model(batch["images"], batch["input_ids"],
+                                             batch["attention_mask"])
+    return clip_loss(image_emb, text_emb, logit_scale, positives=batch.get("positives"))
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0
+                  ) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear warm-up to 1, then a cosine down to ``min_lr_ratio``."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return multiplier
+
+
+def move_to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, loss_fn: LossFn,
+        config: TrainConfig, evaluate: EvalFn | None = None, resume: bool = False) -> History:
+    """Train ``model`` for ``config.epochs`` epochs and return its :class:`History`.
+
+    Each epoch starts by seeding torch with ``seed + epoch``, so shuffling, caption sampling and
+    dropout depend only on the epoch: a run resumed from an epoch's checkpoint continues exactly as
+    the uninterrupted run would have (on CPU). With ``resume=True`` the newest checkpoint in
+    ``config.checkpoint_dir`` (if any) restores weights, optimiser, schedule and history.
+    """
+    device = resolve_device(config.device)
+    model.to(device)
+    use_amp = config.amp and device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups)
+    total_steps = config.epochs * len(train_loader)
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, warmup, config.min_lr_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history, start_epoch = History(), 0
+    if resume and config.checkpoint_dir and latest_checkpoint(config.checkpoint_dir):
+        start_epoch, history = load_checkpoint(latest_checkpoint(config.checkpoint_dir), model,
+                                               optimizer, scheduler, scaler)
+
+    epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not config.progress,
+                  initial=start_epoch, total=config.epochs)
+    for epoch in epochs:
+        seed_everything(config.seed + epoch)
+        model.train()
+        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False,
+                       disable=not config.progress)
+        for batch in batches:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = loss_fn(model, move_to(batch, device))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            history.steps.append(_step_record(model, optimizer, epoch, loss))
+            batches.set_postfix(loss=f"{loss.item():.3f}")
+
+        if evaluate is not None and config.eval_every and (epoch + 1) % config.eval_every == 0:
+            model.eval()
+            history.evals.append({"epoch": epoch + 1, **evaluate(model)})
+            epochs.set_postfix({k: f"{v:.3f}" for k, v in list(history.evals[-1].items())[1:4]})
+        if config.checkpoint_dir:
+            save_checkpoint(config.checkpoint_dir, epoch + 1, model, optimizer, scheduler, scaler,
+                            history)
+    model.eval()
+    return history
+
+
+def _step_record(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                 loss: torch.Tensor) -> dict:
+    record = {"epoch": epoch, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+    if hasattr(model, "logit_scale"):
+        record["logit_scale"] = model.logit_scale.item()
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: one folder per epoch, written atomically, plus a LATEST pointer.
+# --------------------------------------------------------------------------------------------
+
+def save_checkpoint(checkpoint_dir: str | Path, epoch: int, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler, scaler, history: History) -> Path:
+    """Write ``checkpoint_dir/epoch_XXXX/{model.safetensors, state.pt, history.json}``.
+
+    The folder is assembled under a temporary name and renamed into place, then ``LATEST`` is
+    replaced atomically: a crash mid-write never leaves a checkpoint that looks complete.
+    Weights go to safetensors; optimiser/scheduler state holds only tensors and numbers, so it
+    loads with ``torch.load(weights_only=True)``.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"epoch_{epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=checkpoint_dir))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+                   tmp / "state.pt")
+        (tmp / "history.json").write_text(json.dumps(history.to_dict()))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(checkpoint_dir / "LATEST", final.name)
+    return final
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The folder named by ``checkpoint_dir/LATEST``, or None when there is none yet."""
+    pointer = Path(checkpoint_dir) / "LATEST"
+    return Path(checkpoint_dir) / pointer.read_text().strip() if pointer.exists() else None
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, scheduler=None,
+                    scaler=None) -> tuple[int, History]:
+    """Restore what :func:`save_checkpoint` wrote; returns (epochs done, history)."""
+    path = Path(path)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path} holds no model.safetensors: not a checkpoint folder")
+    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+    state = torch.load(path / "state.pt", weights_only=True)
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+        if obj is not None:
+            obj.load_state_dict(state[key])
+    history = History(**json.loads((path / "history.json").read_text()))
+    return state["epoch"], history
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
