@@ -113,3 +113,25 @@ def test_bad_arguments_are_explained():
         TextEncoder("tiny_distilbert")
     with pytest.raises(ValueError, match="pretrained"):
         TextEncoder("tiny_distilbert", pretrained=True)
+
+
+def test_save_and_load_clip_round_trip(tmp_path):
+    from utils.models import load_clip, save_clip
+    from utils.tokenization import train_wordpiece_tokenizer
+
+    tokenizer = train_wordpiece_tokenizer(["a red circle", "a blue square above a star"] * 5,
+                                          vocab_size=60)
+    torch.manual_seed(0)
+    model = CLIP(CLIPConfig(vocab_size=len(tokenizer), image_size=32, embed_dim=16)).eval()
+    save_clip(tmp_path / "clip", model, tokenizer)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    loaded, loaded_tokenizer = load_clip(tmp_path / "clip")
+    text = loaded_tokenizer(["a red star"], return_tensors="pt")
+    assert text["input_ids"].tolist() == tokenizer(["a red star"], return_tensors="pt")[
+        "input_ids"].tolist()
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images))
+    torch.testing.assert_close(loaded.encode_text(text["input_ids"], text["attention_mask"]),
+                               model.encode_text(text["input_ids"], text["attention_mask"]))
+    with pytest.raises(FileNotFoundError, match="train and save a CLIP first"):
+        load_clip(tmp_path / "missing")
