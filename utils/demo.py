@@ -55,7 +55,7 @@ class DemoConfig:
     head_lr: float = 2e-3
     weight_decay: float = 0.05
     vocab_size: int = 400
-    max_length: int = 32
+    max_length: int = 48
     embed_dim: int = 128
     seed: int = 0
     num_workers: int = 0

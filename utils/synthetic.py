@@ -51,7 +51,7 @@ SPLIT_FILES: dict[str, str] = {
 
 GENERATOR_NAME = "captioned_shapes"
 # Bump whenever a change alters the generated files, so that ensure_captioned_shapes regenerates.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_FILE = "dataset.json"
 
 # Side of a shape's square box as a fraction of the image side.
@@ -353,16 +353,6 @@ def _colour_phrase(obj: ShapeObject) -> str:
     return _with_article(f"{obj.colour} {obj.shape}")
 
 
-def _shape_counts_phrase(objects: list[ShapeObject], rng: np.random.Generator) -> str:
-    """Shape kinds with counts in random order: "two circles and a star"."""
-    counts = Counter(objects[i].shape for i in rng.permutation(len(objects)))
-    parts = [
-        _with_article(shape) if n == 1 else f"{_NUMBER_WORDS[n]} {_plural(shape)}"
-        for shape, n in counts.items()
-    ]
-    return _join(parts, rng)
-
-
 def _relation(a: ShapeObject, b: ShapeObject, image_size: int) -> str | None:
     """Where ``a`` is relative to ``b`` ("left", "right", "above", "below") along the axis where
     their centres differ most, if they differ by at least RELATION_MARGIN of the side; else None."""
@@ -451,42 +441,45 @@ def _positional_caption(
     return f"there are {_NUMBER_WORDS[count]} shapes: {listing}"
 
 
-def _colour_shape_caption(objects: list[ShapeObject], rng: np.random.Generator) -> str:
+def _canonical(objects: list[ShapeObject]) -> list[ShapeObject]:
+    """Objects in a fixed order (shape kind, then colour), independent of where they are drawn.
+
+    The three short caption levels are worded canonically, so images with the same content get
+    the same words. Retrieval counts a hit for any image that has the query's exact caption text;
+    with random word order, "a star and a circle" and "a circle and a star" would be different
+    queries and no model could tell which of two identical-looking images got which.
+    """
+    colour_rank = {c: i for i, c in enumerate(COLOURS)}
+    return sorted(objects, key=lambda o: (SHAPES.index(o.shape), colour_rank[o.colour]))
+
+
+def _colour_shape_caption(objects: list[ShapeObject]) -> str:
     """Level 3: colour and shape, no size: "a red circle and a blue square"."""
-    return _maybe_prefix(
-        _join([_colour_phrase(objects[i]) for i in rng.permutation(len(objects))], rng), rng
-    )
+    return " and ".join(_colour_phrase(o) for o in _canonical(objects))
 
 
-def _shape_caption(objects: list[ShapeObject], rng: np.random.Generator) -> str:
+def _shape_caption(objects: list[ShapeObject]) -> str:
     """Level 4: shape kinds only, with counts: "a circle", "two circles and a star"."""
-    return _maybe_prefix(_shape_counts_phrase(objects, rng), rng)
+    counts = Counter(o.shape for o in _canonical(objects))
+    return " and ".join(_with_article(shape) if n == 1 else f"{_NUMBER_WORDS[n]} {_plural(shape)}"
+                        for shape, n in counts.items())
 
 
-def _colour_or_count_caption(objects: list[ShapeObject], rng: np.random.Generator) -> str:
-    """Level 5: colours only ("something red and something blue") or a shape count
-    ("two shapes: a circle and a star")."""
-    count = len(objects)
-    if rng.random() < 0.5:
-        noun = "shape" if count == 1 else "shapes"
-        return f"{_NUMBER_WORDS[count]} {noun}: {_shape_counts_phrase(objects, rng)}"
-    colours = [objects[i].colour for i in rng.permutation(count)]
-    style = int(rng.integers(3 if count == 2 else 2))
-    if style == 0:
-        return _maybe_prefix(_join([f"something {c}" for c in colours], rng), rng)
-    if style == 1:
-        noun = _pick(rng, ("shape", "object"))
-        return _maybe_prefix(_join([_with_article(f"{c} {noun}") for c in colours], rng), rng)
-    return f"{colours[0]} and {colours[1]} shapes"
+def _colour_caption(objects: list[ShapeObject]) -> str:
+    """Level 5: colours only: "something red and something blue"."""
+    colour_rank = {c: i for i, c in enumerate(COLOURS)}
+    colours = sorted((o.colour for o in objects), key=colour_rank.__getitem__)
+    return " and ".join(f"something {c}" for c in colours)
 
 
 def make_captions(
     objects: list[ShapeObject], image_size: int, rng: np.random.Generator
 ) -> list[str]:
-    """Five true, lower-case captions for one image, from full detail down to colour or count only.
+    """Five true, lower-case captions for one image, from full detail down to colour only.
 
-    Wording varies with ``rng``; short forms such as "a circle", "a photo of a circle" and
-    "something red" occur, so class prompts used later for segmentation are in-distribution.
+    The two detailed captions vary their wording with ``rng`` (including prefixes such as
+    "a photo of"); the three short ones are canonical (see :func:`_canonical`), so short class
+    prompts such as "a circle" or "something red" are in-distribution for segmentation later.
     Captions never contain commas.
     """
     relational = _relational_caption(objects, image_size, rng)
@@ -498,9 +491,9 @@ def make_captions(
     return [
         relational,
         positional,
-        _colour_shape_caption(objects, rng),
-        _shape_caption(objects, rng),
-        _colour_or_count_caption(objects, rng),
+        _colour_shape_caption(objects),
+        _shape_caption(objects),
+        _colour_caption(objects),
     ]
 
 
