@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
-from utils.data import load_split, locate_dataset
+from utils.data import load_image, load_split, locate_dataset
 from utils.losses import clip_loss
 from utils.models import CLIP, CLIPConfig
 from utils.pacl import (
@@ -344,7 +344,6 @@ def test_cache_holds_the_backbones_features(tokenizer, shapes, tmp_path):
     for (_, texts), ids in zip(items, cache.image_text_ids, strict=True):
         assert [cache.texts[i] for i in ids] == texts
     transform = backbone.image_transform(IMAGE_SIZE)
-    from utils.data import load_image
     first = transform(image=load_image(images_dir / items[0][0]))["image"][None]
     torch.testing.assert_close(torch.from_numpy(np.array(cache.patch_emb[0])).float(),
                                backbone.patch_embeddings(first)[0], atol=2e-3, rtol=2e-3)

@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,30 +225,11 @@ def pacl_parameter_groups(pacl: PACL, lr: float, weight_decay: float = 0.05) -> 
 # Frozen backbones: one interface for the course's CLIP and Hugging Face CLIP
 # --------------------------------------------------------------------------------------------
 
-class FrozenBackbone(Protocol):
-    """What PACL needs from a frozen CLIP. All outputs are computed without gradients."""
+class FrozenBackbone(ABC):
+    """What PACL needs from a frozen CLIP; one adapter per kind of model implements it.
 
-    @property
-    def device(self) -> torch.device: ...
-
-    @property
-    def cache_key(self) -> str: ...
-
-    def patch_embeddings(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor: ...
-
-    def grid_shape(self, image_size: int) -> tuple[int, int]: ...
-
-    def image_transform(self, image_size: int) -> Callable[..., dict[str, Any]]: ...
-
-
-class _FrozenCLIP(ABC):
-    """Shared part of the adapters: freezing, tokenizing, the eval transform and the cache key.
-
-    The wrapped model is frozen in place (``requires_grad=False``, eval mode).
+    The wrapped model is frozen in place (``requires_grad=False``, eval mode) and every output is
+    computed without gradients, on the model's device.
     """
 
     kind = ""
@@ -321,10 +302,10 @@ def _hash_weights(digest: Any, model: nn.Module) -> None:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         flat = tensor.detach().reshape(-1).cpu()
         # Reinterpret as bytes (works for bfloat16 too, which numpy cannot hold).
-        digest.update(flat.view(torch.uint8).numpy().data if flat.numel() else b"")
+        digest.update(flat.view(torch.uint8).numpy().data)
 
 
-class CourseCLIPBackbone(_FrozenCLIP):
+class CourseCLIPBackbone(FrozenBackbone):
     """The course's :class:`utils.models.CLIP` (and its tokenizer) as a frozen PACL backbone.
 
     Patch embeddings are the last feature map's cells (or ViT patch tokens) through the image
@@ -368,7 +349,7 @@ class CourseCLIPBackbone(_FrozenCLIP):
         return self.model.config.to_dict()
 
 
-class HFCLIPBackbone(_FrozenCLIP):
+class HFCLIPBackbone(FrozenBackbone):
     """A Hugging Face ``CLIPModel`` (and its tokenizer) as a frozen PACL backbone.
 
     Patch tokens are ``last_hidden_state[:, 1:]`` of the vision transformer; CLIP applies its final
@@ -515,9 +496,11 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
     Args:
         backbone: a :class:`CourseCLIPBackbone` or :class:`HFCLIPBackbone`.
         images_dir: folder of the image files.
-        items: ``(image file name, training texts of that image)`` pairs, e.g.
-            ``[(name, training_texts(captions, extract_nouns-derived words)) for ...]`` with the
-            helpers of :mod:`utils.prompts`. Texts are used as given; equal strings are stored once.
+        items: ``(image file name, training texts of that image)`` pairs; build the texts with
+            :func:`utils.prompts.training_texts` from the image's captions and object words
+            (:func:`~utils.prompts.extract_nouns` of the captions on Flickr8k,
+            :func:`~utils.prompts.synthetic_object_words` on the synthetic set). Texts are used as
+            given; equal strings are stored (and embedded) once.
         image_size: images are resized to this square with the backbone's eval transform (no
             augmentation: the cache holds one view of each image).
         cache_dir: parent folder of the caches.
