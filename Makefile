@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m utils.demo --out outputs/demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check utils tests bench notebooks
+	$(VENV)/bin/ruff check utils tests bench notebooks scripts
 
 test: lint
 	$(PY) -m pytest

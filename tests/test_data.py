@@ -547,3 +547,17 @@ def test_caption_positives_match_exact_text_after_strip_and_lower():
         [False, False, False],
         [False, False, True],
     ]
+
+
+def test_collator_adds_positives_for_shared_caption_text():
+    tokenizer = train_wordpiece_tokenizer(["a circle", "a red circle", "a star"], 100)
+    captions_of_images = [["a red circle", "a circle"], ["a blue circle", "a circle"], ["a star"]]
+    image = torch.zeros(3, 4, 4)
+    samples = [{"image": image, "caption": c, "image_index": i}
+               for i, c in [(0, "a circle"), (1, "a blue circle"), (2, "a star")]]
+    batch = CaptionCollator(tokenizer, captions_of_images=captions_of_images)(samples)
+    # Rows are images, columns the batch's captions: "a circle" (column 0) fits images 0 and 1.
+    assert batch["positives"].tolist() == [[True, False, False],
+                                           [True, True, False],
+                                           [False, False, True]]
+    assert "positives" not in CaptionCollator(tokenizer)(samples)

@@ -10,6 +10,10 @@ One idea per module:
 - ``losses``        the symmetric contrastive (InfoNCE) loss of CLIP
 - ``metrics``       retrieval recall@K (and, later, segmentation metrics)
 - ``train``         a readable training loop with checkpoints
+- ``evaluation``    embed a whole split and measure retrieval
+- ``pacl``          PACL: the compatibility function, the vision embedder, frozen backbones, a feature cache
+- ``prompts``       prompt templates and the object words PACL trains on
 - ``viz``           plots: curves, similarity matrices, retrieval galleries
+- ``notebook``      small helpers the notebooks share (Colab detection, fast mode)
 - ``demo``          the course's main job on the synthetic set (``make demo``)
 """

@@ -548,11 +548,18 @@ class CaptionCollator:
     Returns ``images`` float ``[B, 3, H, W]``, ``input_ids`` and ``attention_mask``
     ``LongTensor[B, L]`` (padded to the longest caption of the batch, cut at ``max_length``),
     ``image_index`` ``LongTensor[B]`` and the raw ``captions``.
+
+    Given every image's captions (``captions_of_images``, indexed like the dataset), it also
+    returns ``positives`` BoolTensor ``[B, B]``: image ``i`` matches caption ``j`` when ``j`` is,
+    word for word, one of image ``i``'s captions. Short captions such as "a circle" fit many
+    images; counting them as negatives would teach the model something false.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 32) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 32,
+                 captions_of_images: Sequence[Sequence[str]] | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.captions_of_images = captions_of_images
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -565,13 +572,17 @@ class CaptionCollator:
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return {
+        batch = {
             "images": torch.stack([sample["image"] for sample in samples]),
             "input_ids": tokens["input_ids"].long(),
             "attention_mask": tokens["attention_mask"].long(),
             "image_index": torch.tensor([sample["image_index"] for sample in samples]).long(),
             "captions": captions,
         }
+        if self.captions_of_images is not None:
+            batch_images = [self.captions_of_images[s["image_index"]] for s in samples]
+            batch["positives"] = caption_positives(batch_images, captions).T   # [images, texts]
+        return batch
 
 
 def caption_positives(

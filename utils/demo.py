@@ -2,7 +2,8 @@
 
 Generate the captioned-shapes dataset if absent -> train a WordPiece tokenizer on the training
 captions -> train a small CLIP from scratch on CPU -> embed the test split -> retrieval recall@K ->
-``metrics.json`` and figures under one output folder -> a summary table on stdout.
+``metrics.json``, figures and the trained model (``clip/``, for PACL) under one output folder ->
+a summary table on stdout.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from utils.data import (
     CaptionCollator,
     ImageCaptionDataset,
     build_transform,
-    caption_positives,
     load_image,
     load_split,
     locate_dataset,
 )
 from utils.evaluation import SplitEmbeddings, embed_split
-from utils.models import CLIP, CLIPConfig
+from utils.models import CLIP, CLIPConfig, save_clip
 from utils.synthetic import ensure_captioned_shapes
 from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import TrainConfig, clip_batch_loss, clip_parameter_groups, fit, seed_everything
@@ -57,6 +57,7 @@ class DemoConfig:
     vocab_size: int = 400
     max_length: int = 48
     embed_dim: int = 128
+    dropout: float = 0.1
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
@@ -66,22 +67,6 @@ class DemoConfig:
         """A minutes-to-seconds version for smoke tests: a small dataset, few epochs."""
         return replace(cls(num_train=600, num_dev=100, num_test=200, epochs=3, batch_size=64),
                        **overrides)
-
-
-class PositivesCollator:
-    """Adds ``positives [B, B]`` to each batch: image ``i`` matches caption ``j`` when ``j`` is,
-    word for word, one of image ``i``'s captions. Short captions such as "a circle" fit many images;
-    treating them as negatives would teach the model something false."""
-
-    def __init__(self, collator: CaptionCollator, items: list[tuple[str, list[str]]]):
-        self.collator = collator
-        self.captions_of_image = [captions for _, captions in items]
-
-    def __call__(self, samples: list[dict]) -> dict:
-        batch = self.collator(samples)
-        captions = [self.captions_of_image[i] for i in batch["image_index"].tolist()]
-        batch["positives"] = caption_positives(captions, batch["captions"]).T  # [images, texts]
-        return batch
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -101,6 +86,7 @@ def run_demo(config: DemoConfig) -> dict:
         [c for _, captions in train_items for c in captions], vocab_size=config.vocab_size)
 
     model = CLIP(CLIPConfig(image_size=config.image_size, embed_dim=config.embed_dim,
+                            dropout=config.dropout,
                             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                             max_length=config.max_length))
     train_loader = DataLoader(
@@ -108,7 +94,8 @@ def run_demo(config: DemoConfig) -> dict:
                             build_transform(config.image_size, train=True, seed=config.seed)),
         batch_size=config.batch_size, shuffle=True, drop_last=True,
         num_workers=config.num_workers,
-        collate_fn=PositivesCollator(CaptionCollator(tokenizer, config.max_length), train_items))
+        collate_fn=CaptionCollator(tokenizer, config.max_length,
+                                   captions_of_images=[captions for _, captions in train_items]))
 
     def validate(model: CLIP) -> dict:
         return embed_split(model, tokenizer, files.images_dir, dev_items, config.image_size,
@@ -135,6 +122,7 @@ def run_demo(config: DemoConfig) -> dict:
         "train_seconds": train_seconds,
         "config": asdict(config),
     }
+    save_clip(out_dir / "clip", model, tokenizer)
     write_figures(out_dir, history, test, files.images_dir)
     metrics["total_seconds"] = time.perf_counter() - started
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -159,11 +159,12 @@ class TextEncoder(nn.Module):
         pretrained: load ``pretrained_name`` (a hub id or a local folder) instead of random weights.
         vocab_size: size of the tokenizer's vocabulary (needed when not pretrained).
         pad_token_id: id of ``[PAD]`` in that tokenizer.
+        dropout: dropout of the tiny configuration (the real one keeps DistilBERT's 0.1).
     """
 
     def __init__(self, kind: str = "tiny_distilbert", pretrained: bool = False,
                  vocab_size: int | None = None, pad_token_id: int = 0, max_length: int = 64,
-                 pretrained_name: str = DISTILBERT_NAME):
+                 pretrained_name: str = DISTILBERT_NAME, dropout: float = 0.1):
         super().__init__()
         if kind not in TEXT_ENCODERS:
             raise ValueError(f"unknown text encoder {kind!r}; choose one of {TEXT_ENCODERS}")
@@ -177,7 +178,8 @@ class TextEncoder(nn.Module):
             # The real architecture keeps DistilBERT's defaults (6 layers, width 768); the tiny
             # one is small enough to train from scratch on a laptop CPU in minutes.
             tiny = {} if kind == "distilbert" else dict(
-                dim=128, n_layers=2, n_heads=4, hidden_dim=256, max_position_embeddings=max_length)
+                dim=128, n_layers=2, n_heads=4, hidden_dim=256, max_position_embeddings=max_length,
+                dropout=dropout, attention_dropout=dropout)
             config = DistilBertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **tiny)
             self.transformer = DistilBertModel(config)
         self.out_dim = self.transformer.config.dim
@@ -243,7 +245,8 @@ class CLIP(nn.Module):
         self.config = config
         self.image_encoder = ImageEncoder(config.image_encoder, config.pretrained, config.image_size)
         self.text_encoder = TextEncoder(config.text_encoder, config.pretrained, config.vocab_size,
-                                        config.pad_token_id, config.max_length)
+                                        config.pad_token_id, config.max_length,
+                                        dropout=config.dropout)
         self.image_projection = ProjectionHead(self.image_encoder.out_dim, config.embed_dim,
                                                config.dropout)
         self.text_projection = ProjectionHead(self.text_encoder.out_dim, config.embed_dim,
