@@ -29,8 +29,13 @@ def embed_images(model: nn.Module, loader: DataLoader, progress: bool = True) ->
 
 @torch.no_grad()
 def embed_texts(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256,
-                max_length: int = 32, progress: bool = True) -> torch.Tensor:
-    """Captions -> ``[T, D]`` unit-length text embeddings on CPU."""
+                max_length: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Captions -> ``[T, D]`` unit-length text embeddings on CPU.
+
+    Captions are cut at ``max_length`` tokens, by default the length the model was trained with
+    (``model.config.max_length``), so evaluation sees the same words training did.
+    """
+    max_length = max_length or model.config.max_length
     model.eval()
     device = next(model.parameters()).device
     chunks = []

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +23,8 @@ import torchvision
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+from utils.atomic import atomic_folder
 
 IMAGE_ENCODERS = ("tiny_cnn", "tiny_vit", "resnet50", "vit_b_16")
 TEXT_ENCODERS = ("tiny_distilbert", "distilbert")
@@ -297,25 +296,12 @@ class CLIP(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 def save_clip(folder: str | Path, model: CLIP, tokenizer) -> Path:
-    """Write ``folder/{clip_config.json, model.safetensors, tokenizer files}`` atomically.
-
-    The folder is assembled under a temporary name and renamed into place, so a reader never
-    sees a half-written model.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    """Write ``folder/{clip_config.json, model.safetensors, tokenizer files}`` atomically."""
+    with atomic_folder(folder) as tmp:
         (tmp / "clip_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
         save_model(model, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def load_clip(folder: str | Path, device: str | torch.device = "cpu"):

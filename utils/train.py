@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from utils.atomic import atomic_folder, write_text_atomic
 from utils.losses import clip_loss
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
@@ -183,21 +181,13 @@ def save_checkpoint(checkpoint_dir: str | Path, epoch: int, model: nn.Module,
     loads with ``torch.load(weights_only=True)``.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"epoch_{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=checkpoint_dir))
-    try:
+    with atomic_folder(final) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
                    tmp / "state.pt")
         (tmp / "history.json").write_text(json.dumps(history.to_dict()))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_text_atomic(checkpoint_dir / "LATEST", final.name)
     return final
 
@@ -221,10 +211,4 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
             obj.load_state_dict(state[key])
     history = History(**json.loads((path / "history.json").read_text()))
     return state["epoch"], history
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
