@@ -84,6 +84,10 @@ def show(fig: Figure) -> None:
     """Display a figure once and free it (inline backends would otherwise show it twice)."""
     from IPython.display import display
 
+    if not plt.get_backend().lower().endswith("inline"):
+        # Without the inline backend (tests use Agg) display() prints only the figure's repr:
+        # draw it anyway, so that a plotting error cannot pass unnoticed.
+        fig.canvas.draw()
     display(fig)
     plt.close(fig)
 
@@ -105,18 +109,24 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
 
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 4,
                width: int = 34, title_size: float = 7.5) -> Figure:
-    """Images in a grid, each with a (wrapped) multi-line title underneath."""
+    """Images in a grid, each with a multi-line title underneath (lines wrapped at ``width``)."""
+    wrapped = ["\n".join(textwrap.fill(line, width) for line in t.split("\n")) for t in titles]
     rows = -(-len(images) // columns)
-    longest = max(len(textwrap.wrap(t, width)) for t in titles)
-    fig, axes = plt.subplots(rows, columns, squeeze=False,
-                             figsize=(2.9 * columns, rows * (2.5 + 0.14 * longest)))
+    width = 2.6                                                    # inches per image
+    height = width * min(1.5, max(image.shape[0] / image.shape[1] for image in images))
+    lines = max(w.count("\n") + 1 for w in wrapped)
+    text = 0.05 + title_size / 72 * 1.45 * lines                    # inches of titles per row
+    total = rows * (height + text) + 0.1
+    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(width * 1.1 * columns, total))
+    # Leave room under every row for its titles: hspace is relative to the axes' height.
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.05 / total, bottom=text / total,
+                        hspace=text / height, wspace=0.1)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles, strict=False):
+    for ax, image, title in zip(axes.flat, images, wrapped, strict=False):
         ax.imshow(image)
-        ax.set_title("\n".join(textwrap.fill(line, width) for line in title.split("\n")),
-                     fontsize=title_size, y=-0.02, va="top")
-    fig.tight_layout()
+        ax.text(0.5, -0.02, title, transform=ax.transAxes, ha="center", va="top",
+                fontsize=title_size)
     return fig
 
 
