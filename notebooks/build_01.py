@@ -158,12 +158,12 @@ DATASET = "flickr8k" if IN_COLAB and not FAST else "synthetic"
 if DATASET == "flickr8k":                 # Colab: pretrained encoders, fine-tuned on photos
     IMAGE_ENCODER, TEXT_ENCODER, PRETRAINED = "resnet50", "distilbert", True
     IMAGE_SIZE, EMBED_DIM, MAX_LENGTH, VOCAB_SIZE = 224, 256, 48, None
-    EPOCHS, BATCH_SIZE = 5, 64
+    EPOCHS, BATCH_SIZE, DROPOUT = 5, 64, 0.1
     ENCODER_LR, HEAD_LR, WEIGHT_DECAY = 3e-5, 1e-3, 0.05   # gentle on pretrained weights
 else:                                     # offline: everything trained from scratch
     IMAGE_ENCODER, TEXT_ENCODER, PRETRAINED = "tiny_cnn", "tiny_distilbert", False
     IMAGE_SIZE, EMBED_DIM, MAX_LENGTH, VOCAB_SIZE = 64, 128, 48, 400
-    EPOCHS, BATCH_SIZE = (2, 64) if FAST else (12, 256)
+    EPOCHS, BATCH_SIZE, DROPOUT = (2 if FAST else 15), 64, 0.0   # as `make demo`
     ENCODER_LR, HEAD_LR, WEIGHT_DECAY = 2e-3, 2e-3, 0.05
 
 SEED = 0
@@ -375,7 +375,7 @@ code(r"""
 seed_everything(SEED)
 model = CLIP(CLIPConfig(
     image_encoder=IMAGE_ENCODER, text_encoder=TEXT_ENCODER, pretrained=PRETRAINED,
-    image_size=IMAGE_SIZE, embed_dim=EMBED_DIM, max_length=MAX_LENGTH,
+    image_size=IMAGE_SIZE, embed_dim=EMBED_DIM, max_length=MAX_LENGTH, dropout=DROPOUT,
     vocab_size=None if PRETRAINED else len(tokenizer), pad_token_id=tokenizer.pad_token_id,
 )).to(DEVICE)
 
