@@ -65,7 +65,7 @@ class DemoConfig:
     @classmethod
     def fast(cls, **overrides) -> DemoConfig:
         """A minutes-to-seconds version for smoke tests: a small dataset, few epochs."""
-        return replace(cls(num_train=600, num_dev=100, num_test=200, epochs=3, batch_size=64),
+        return replace(cls(num_train=600, num_dev=100, num_test=200, epochs=8, batch_size=32),
                        **overrides)
 
 
