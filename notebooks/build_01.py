@@ -10,24 +10,10 @@ source.
 
 from __future__ import annotations
 
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat
-
-NOTEBOOK = Path(__file__).with_name("01_clip_from_scratch.ipynb")
-BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-         "(https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/"
-         "01_clip_from_scratch.ipynb)")
-
-CELLS: list[tuple[str, str]] = []
-
-
-def md(text: str) -> None:
-    CELLS.append(("markdown", text.strip("\n")))
-
-
-def code(text: str, tags: tuple[str, ...] = ()) -> None:
-    CELLS.append(("code" if not tags else "code:" + ",".join(tags), text.strip("\n")))
+NOTEBOOK = NotebookBuilder("01_clip_from_scratch.ipynb")
+md, code, BADGE = NOTEBOOK.md, NOTEBOOK.code, NOTEBOOK.badge
 
 
 # ================================================================================================
@@ -950,28 +936,5 @@ of *where* a word applies.
 """)
 
 
-def build() -> nbformat.NotebookNode:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "accelerator": "GPU",        # Colab opens it with a GPU runtime
-        "colab": {"provenance": []},
-    }
-    for index, (kind, source) in enumerate(CELLS):
-        if kind == "markdown":
-            cell = nbformat.v4.new_markdown_cell(source)
-        else:
-            cell = nbformat.v4.new_code_cell(source)
-            tags = kind.partition(":")[2]
-            if tags:
-                cell.metadata["tags"] = tags.split(",")
-        cell.id = f"cell-{index:02d}"  # stable ids: rebuilding gives an identical file
-        notebook.cells.append(cell)
-    nbformat.validate(notebook)
-    return notebook
-
-
 if __name__ == "__main__":
-    nbformat.write(build(), NOTEBOOK)
-    print(f"wrote {NOTEBOOK} ({len(CELLS)} cells)")
+    NOTEBOOK.write()

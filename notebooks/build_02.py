@@ -13,24 +13,10 @@ Re-run the full offline notebook, rewrite those paragraphs from what it prints, 
 
 from __future__ import annotations
 
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat
-
-NOTEBOOK = Path(__file__).with_name("02_pacl_patch_alignment.ipynb")
-BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-         "(https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/"
-         "02_pacl_patch_alignment.ipynb)")
-
-CELLS: list[tuple[str, str]] = []
-
-
-def md(text: str) -> None:
-    CELLS.append(("markdown", text.strip("\n")))
-
-
-def code(text: str, tags: tuple[str, ...] = ()) -> None:
-    CELLS.append(("code:" + ",".join(tags) if tags else "code", text.strip("\n")))
+NOTEBOOK = NotebookBuilder("02_pacl_patch_alignment.ipynb")
+md, code, BADGE = NOTEBOOK.md, NOTEBOOK.code, NOTEBOOK.badge
 
 
 # ================================================================================================
@@ -818,28 +804,5 @@ see whether PACL's shape maps follow.
 """)
 
 
-def build() -> nbformat.NotebookNode:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "accelerator": "GPU",
-        "colab": {"provenance": []},
-    }
-    for index, (kind, source) in enumerate(CELLS):
-        if kind == "markdown":
-            cell = nbformat.v4.new_markdown_cell(source)
-        else:
-            cell = nbformat.v4.new_code_cell(source)
-            tags = kind.partition(":")[2]
-            if tags:
-                cell.metadata["tags"] = tags.split(",")
-        cell.id = f"cell-{index:02d}"
-        notebook.cells.append(cell)
-    nbformat.validate(notebook)
-    return notebook
-
-
 if __name__ == "__main__":
-    nbformat.write(build(), NOTEBOOK)
-    print(f"wrote {NOTEBOOK} ({len(CELLS)} cells)")
+    NOTEBOOK.write()
