@@ -618,13 +618,13 @@ Compare each number with the chance level next to it. The positives matrix matte
 only the single image a caption was generated for would count correct answers as errors whenever a
 short caption fits other images too.
 
-On the synthetic set, image → text comes out far higher than text → image after a full run, and its
-R@1, R@5 and R@10 are almost equal. Both have plain reasons. Every image has a caption that names
-only its colours ("something red and something blue"), and colours are what this model learns
-first: that caption alone is enough for an image → text hit. A caption query, in contrast, often
-names shapes, sizes and positions that all have to match. And identical caption texts get
-identical vectors: when the best caption for an image is a wrong one, its copies (one for every
-test image that has it) fill the next places too, so going from R@1 to R@10 adds little.
+On the synthetic set, image → text usually comes out higher than text → image, for a plain
+reason: every image has a caption that names only its colours ("something red and something
+blue"), and colours are what this model learns first, so that caption alone is often enough for an
+image → text hit. A caption query, in contrast, often names shapes, sizes and positions that all
+have to match. Identical caption texts also get identical vectors: when the best caption for an
+image is a wrong one, its copies (one for every test image that has it) fill the next places too,
+which is why image → text gains less from R@1 to R@10 than you might expect.
 """)
 
 # ================================================================================================
