@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader
 
 from utils.data import (
     CaptionCollator,
-    ImageCaptionDataset,
     build_transform,
     load_image,
     load_split,
     locate_dataset,
 )
 from utils.evaluation import SplitEmbeddings, embed_split
+from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
 from utils.models import CLIP, CLIPConfig, save_clip
 from utils.synthetic import ensure_captioned_shapes
 from utils.tokenization import train_wordpiece_tokenizer
@@ -89,9 +89,14 @@ def run_demo(config: DemoConfig) -> dict:
                             dropout=config.dropout,
                             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                             max_length=config.max_length))
+    # Decode the training images once into a uint8 array: every epoch then skips PNG decoding
+    # (about 2 s of each ~17 s epoch here) and sees exactly the same tensors.
+    train_images = cache_image_array(files.images_dir, [name for name, _ in train_items],
+                                     out_dir / "cache" / f"train_{config.image_size}px.npy",
+                                     image_size=config.image_size, progress=config.progress)
     train_loader = DataLoader(
-        ImageCaptionDataset(files.images_dir, train_items,
-                            build_transform(config.image_size, train=True, seed=config.seed)),
+        ArrayImageCaptionDataset(train_images, train_items,
+                                 build_transform(config.image_size, train=True, seed=config.seed)),
         batch_size=config.batch_size, shuffle=True, drop_last=True,
         num_workers=config.num_workers,
         collate_fn=CaptionCollator(tokenizer, config.max_length,
