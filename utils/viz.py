@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def plot_retrieval_gallery(queries: Sequence[str], images: Sequence[Sequence[np.
             for spine in ax.spines.values():
                 spine.set(color=colour, linewidth=3)
             ax.set_title(f"{scores[r, c]:.2f}", fontsize=8, color=colour)
-        axes[r, 0].set_ylabel(_shorten(query, 30), rotation=0, ha="right", va="center",
+        axes[r, 0].set_ylabel(textwrap.fill(query, 28), rotation=0, ha="right", va="center",
                               fontsize=8)
     fig.suptitle("text -> image search (green: a correct match)", fontsize=10)
     fig.tight_layout()
