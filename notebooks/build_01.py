@@ -10,7 +10,7 @@ source.
 
 from __future__ import annotations
 
-from notebook_builder import NotebookBuilder
+from notebook_builder import SETUP_CELL, NotebookBuilder
 
 NOTEBOOK = NotebookBuilder("01_clip_from_scratch.ipynb")
 md, code, BADGE = NOTEBOOK.md, NOTEBOOK.code, NOTEBOOK.badge
@@ -61,27 +61,7 @@ reinstalled. Locally it only makes the repository importable (Jupyter starts the
 `notebooks/`).
 """)
 
-code(r"""
-import importlib
-import subprocess
-import sys
-from pathlib import Path
-
-# Placeholder until the course has its public home (see the README): change it in this one place.
-REPO_URL = "https://github.com/clip-pacl/clip-pacl"
-
-if "google.colab" in sys.modules:
-    repo = Path("/content") / REPO_URL.rstrip("/").rsplit("/", 1)[-1]
-    if not repo.exists():
-        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(repo)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r",
-                    str(repo / "requirements.txt")], check=True)
-    importlib.invalidate_caches()  # let this running kernel find what pip just installed
-else:
-    repo = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-if str(repo) not in sys.path:
-    sys.path.insert(0, str(repo))
-""")
+code(SETUP_CELL)
 
 code(r"""
 import json

@@ -13,7 +13,7 @@ Re-run the full offline notebook, rewrite those paragraphs from what it prints, 
 
 from __future__ import annotations
 
-from notebook_builder import NotebookBuilder
+from notebook_builder import SETUP_CELL, NotebookBuilder
 
 NOTEBOOK = NotebookBuilder("02_pacl_patch_alignment.ipynb")
 md, code, BADGE = NOTEBOOK.md, NOTEBOOK.code, NOTEBOOK.badge
@@ -57,24 +57,7 @@ On Colab this clones the course and installs its requirements (Colab's own torch
 Locally it only makes the repository importable.
 """)
 
-code("""
-import subprocess
-import sys
-from pathlib import Path
-
-REPO_URL = "https://github.com/clip-pacl/clip-pacl"   # the course's home (see the README)
-
-if "google.colab" in sys.modules:
-    repo = Path("/content") / REPO_URL.rstrip("/").rsplit("/", 1)[-1]
-    if not repo.exists():
-        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(repo)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r",
-                    str(repo / "requirements.txt")], check=True)
-else:
-    repo = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-if str(repo) not in sys.path:
-    sys.path.insert(0, str(repo))
-""")
+code(SETUP_CELL)
 
 code("""
 import functools

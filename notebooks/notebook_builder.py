@@ -13,6 +13,29 @@ import nbformat
 
 COLAB_NOTEBOOKS = "https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/"
 
+# The first code cell of every notebook: it cannot import anything of the course yet, so each
+# notebook carries its own copy, written from this one source.
+SETUP_CELL = r"""
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+# Placeholder until the course has its public home (see the README): change it in this one place.
+REPO_URL = "https://github.com/clip-pacl/clip-pacl"
+
+if "google.colab" in sys.modules:
+    repo = Path("/content") / REPO_URL.rstrip("/").rsplit("/", 1)[-1]
+    if not repo.exists():
+        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(repo)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r",
+                    str(repo / "requirements.txt")], check=True)
+    importlib.invalidate_caches()  # let this running kernel find what pip just installed
+else:
+    repo = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+if str(repo) not in sys.path:
+    sys.path.insert(0, str(repo))"""
+
 
 class NotebookBuilder:
     """``nb = NotebookBuilder("01_x.ipynb"); nb.md("..."); nb.code("..."); nb.write()``."""
