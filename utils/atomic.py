@@ -23,12 +23,27 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the result should look like any folder
     try:
         yield tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        _swap_into_place(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_into_place(new: Path, folder: Path) -> None:
+    """Rename ``new`` to ``folder``. A rename cannot replace a non-empty folder, so an existing one
+    is moved aside first and put back if the new one cannot take its place."""
+    if not folder.exists():
+        os.replace(new, folder)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    os.replace(folder, aside / folder.name)
+    try:
+        os.replace(new, folder)
+    except OSError:
+        os.replace(aside / folder.name, folder)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from utils.train import resolve_device
+
 IN_COLAB = "google.colab" in sys.modules
 
 FAST_ENV, DATA_ENV, OUTPUTS_ENV = "CLIP_PACL_FAST", "CLIP_PACL_DATA", "CLIP_PACL_OUTPUTS"
@@ -73,7 +75,7 @@ def synthetic_dataset(fast: bool, image_size: int = 64, progress: bool = True) -
 
 def pick_device() -> torch.device:
     """CUDA when there is a GPU (Colab's GPU runtime), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -22,10 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -40,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPModel
 
+from utils.atomic import atomic_folder
 from utils.data import IMAGENET_MEAN, IMAGENET_STD, ImageCaptionDataset, build_transform
 from utils.losses import contrastive_loss_from_logits
 
@@ -525,9 +523,8 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
     if cached is not None:
         return cached
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=cache_dir))
-    try:
+    # A cache of the same key that failed to load (damaged, unreadable) is replaced.
+    with atomic_folder(folder) as building:
         _write_patch_embeddings(backbone, images_dir, items, image_size, building / PATCHES_FILE,
                                 batch_size, num_workers, progress)
         texts, image_text_ids = _index_texts(items)
@@ -536,12 +533,6 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
                     "image_text_ids": image_text_ids,
                     "grid_shape": list(backbone.grid_shape(image_size))}
         (building / MANIFEST_FILE).write_text(json.dumps(manifest))
-        if folder.exists():  # an unreadable or damaged cache of the same key
-            shutil.rmtree(folder)
-        os.replace(building, folder)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return FeatureCache.load(folder)
 
 

@@ -19,15 +19,13 @@ leaves the previous one untouched.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
+from utils.atomic import atomic_folder
 from utils.pacl import PACL
 
 FORMAT_VERSION = 1
@@ -69,31 +67,11 @@ def save_pacl(folder: str | Path, pacl: PACL, meta: dict[str, Any] | None = None
     except (TypeError, ValueError) as error:
         raise TypeError(f"save_pacl: meta must be JSON-serialisable (str, numbers, lists, dicts): "
                         f"{error}. Convert paths with str() and tensors with .tolist().") from error
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(pacl_config(pacl), indent=2))
         save_model(pacl, str(tmp / WEIGHTS_FILE))
         (tmp / META_FILE).write_text(meta_text)
-        if folder.exists():
-            # Move the old folder aside first (a rename cannot replace a non-empty folder), and
-            # put it back if the new one cannot take its place.
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-            try:
-                os.replace(tmp, folder)
-            except OSError:
-                os.replace(old / folder.name, folder)
-                shutil.rmtree(old, ignore_errors=True)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def load_pacl(folder: str | Path, device: str | torch.device = "cpu",

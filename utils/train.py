@@ -123,9 +123,9 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
         optimizer, warmup_cosine(total_steps, warmup, config.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history, start_epoch = History(), 0
-    if resume and config.checkpoint_dir and latest_checkpoint(config.checkpoint_dir):
-        start_epoch, history = load_checkpoint(latest_checkpoint(config.checkpoint_dir), model,
-                                               optimizer, scheduler, scaler)
+    checkpoint = latest_checkpoint(config.checkpoint_dir) if resume and config.checkpoint_dir else None
+    if checkpoint is not None:
+        start_epoch, history = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
 
     epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not config.progress,
                   initial=start_epoch, total=config.epochs)
