@@ -1,11 +1,21 @@
-"""retrieval_metrics on hand-computed cases (five captions per image) and edge cases."""
+"""retrieval_metrics and mean_iou on hand-computed cases and edge cases."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from utils.metrics import positives_from_text_to_image, recall_at_k, retrieval_metrics
+from utils.metrics import (
+    iou_from_confusion,
+    mean_iou,
+    positives_from_text_to_image,
+    recall_at_k,
+    retrieval_metrics,
+    segmentation_confusion,
+)
 
 
 def test_perfect_embeddings_give_recall_one():
@@ -104,3 +114,60 @@ def test_bad_inputs_rejected():
         [False, True],
         [True, False],
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation: mean_iou and pixel accuracy
+# --------------------------------------------------------------------------------------------
+
+def test_mean_iou_hand_computed():
+    # target: class 0 on the left column, 1 in the middle, 2 on the right; pred gets one 1 wrong.
+    target = torch.tensor([[0, 1, 2], [0, 1, 2]])
+    pred = torch.tensor([[0, 1, 2], [0, 2, 2]])
+    m = mean_iou(pred, target, num_classes=3)
+    # class 0: 2/2; class 1: 1 / (1 + 1) = 0.5; class 2: 2 / 3.
+    assert m["per_class_iou"] == pytest.approx([1.0, 0.5, 2 / 3])
+    assert m["mIoU"] == pytest.approx((1.0 + 0.5 + 2 / 3) / 3)
+    assert m["pixel_accuracy"] == pytest.approx(5 / 6)
+
+
+def test_mean_iou_ignore_index_counts_for_nothing():
+    target = torch.tensor([[0, 255], [1, 1]])
+    good = torch.tensor([[0, 1], [1, 1]])
+    also_good = torch.tensor([[0, 0], [1, 1]])  # differs only where the target is ignored
+    assert mean_iou(good, target, 2) == mean_iou(also_good, target, 2)
+    assert mean_iou(good, target, 2)["mIoU"] == pytest.approx(1.0)
+
+
+def test_mean_iou_leaves_out_classes_absent_from_both():
+    target = torch.tensor([[0, 0, 1, 1]])
+    pred = torch.tensor([[0, 1, 1, 1]])
+    m = mean_iou(pred, target, num_classes=5)  # classes 2-4 appear nowhere
+    assert m["present_classes"] == [0, 1]
+    assert all(math.isnan(v) for v in m["per_class_iou"][2:])
+    assert m["mIoU"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_mean_iou_counts_a_class_only_predicted_as_zero():
+    # A false-positive class (predicted, absent from the target) is present with IoU 0.
+    m = mean_iou(torch.tensor([[0, 2]]), torch.tensor([[0, 0]]), num_classes=3)
+    assert m["per_class_iou"][2] == 0.0
+    assert m["mIoU"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_mean_iou_pools_a_batch_like_a_dataset():
+    rng = np.random.default_rng(0)
+    preds, targets = rng.integers(0, 4, (3, 5, 6)), rng.integers(0, 4, (3, 5, 6))
+    pooled = sum(segmentation_confusion(p, t, 4) for p, t in zip(preds, targets, strict=True))
+    assert torch.equal(pooled, segmentation_confusion(preds, targets, 4))
+    assert mean_iou(preds, targets, 4) == iou_from_confusion(pooled)
+    # Per-image mIoUs averaged are not the dataset mIoU in general: the pooled one is the standard.
+
+
+def test_mean_iou_rejects_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        mean_iou(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="outside"):
+        mean_iou(torch.tensor([[3]]), torch.tensor([[0]]), 2)
+    with pytest.raises(TypeError, match="integer"):
+        mean_iou(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), 2)

@@ -8,7 +8,7 @@ One idea per module:
 - ``image_cache``   resize images once so a 2-vCPU machine is not bound by JPEG decoding
 - ``models``        image/text encoders, projection heads and the CLIP model
 - ``losses``        the symmetric contrastive (InfoNCE) loss of CLIP
-- ``metrics``       retrieval recall@K (and, later, segmentation metrics)
+- ``metrics``       retrieval recall@K; segmentation IoU, mIoU and pixel accuracy
 - ``train``         a readable training loop with checkpoints
 - ``evaluation``    embed a whole split and measure retrieval
 - ``pacl``          PACL: the compatibility function, the vision embedder, frozen backbones, a feature cache
