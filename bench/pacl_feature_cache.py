@@ -5,7 +5,7 @@ generated synthetic set of ``--images`` images, one run side by side:
 
 (a) every step loads and transforms the images and runs the frozen backbone to get the patch
     embeddings, then trains the embedder;
-(b) every step reads the patch embeddings from :func:`utils.pacl.cache_features`' cache.
+(b) every step reads the patch embeddings from :func:`utils.feature_cache.cache_features`' cache.
 
 Both train the same :class:`utils.pacl.PACL` with :func:`utils.train.fit` (same batches, same
 loss); text embeddings come from the cache in both, so the difference is the image side only.
@@ -36,20 +36,16 @@ from transformers import CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.backbones import CourseCLIPBackbone, FrozenBackbone, HFCLIPBackbone  # noqa: E402
 from utils.data import ImageCaptionDataset, load_split, locate_dataset  # noqa: E402
-from utils.models import CLIP, CLIPConfig  # noqa: E402
-from utils.pacl import (  # noqa: E402
-    PACL,
-    CourseCLIPBackbone,
+from utils.feature_cache import (  # noqa: E402
     FeatureCache,
-    FrozenBackbone,
-    HFCLIPBackbone,
     cache_features,
-    pacl_batch_loss,
     pacl_feature_loader,
-    pacl_parameter_groups,
     text_id_positives,
 )
+from utils.models import CLIP, CLIPConfig  # noqa: E402
+from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups  # noqa: E402
 from utils.prompts import synthetic_object_words, training_texts  # noqa: E402
 from utils.synthetic import generate_captioned_shapes  # noqa: E402
 from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402

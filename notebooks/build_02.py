@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 
+from utils.backbones import HF_CLIP_NAME, CourseCLIPBackbone, load_hf_clip
 from utils.data import (
     ImageCaptionDataset,
     caption_positives,
@@ -80,6 +81,7 @@ from utils.data import (
     locate_dataset,
 )
 from utils.demo import DemoConfig, run_demo
+from utils.feature_cache import cache_features, pacl_feature_loader
 from utils.metrics import recall_at_k
 from utils.models import load_clip
 from utils.notebook import (
@@ -95,14 +97,9 @@ from utils.notebook import (
     synthetic_dataset,
 )
 from utils.pacl import (
-    HF_CLIP_NAME,
     PACL,
-    CourseCLIPBackbone,
-    cache_features,
-    load_hf_clip,
     pacl_batch_loss,
     pacl_compatibility,
-    pacl_feature_loader,
     pacl_parameter_groups,
     patch_text_similarity,
 )

@@ -1,5 +1,5 @@
-"""Tests for utils.pacl: the compatibility (PACL Eq. 2-3), the loss, the embedder, the frozen
-backbones (course CLIP and a tiny random Hugging Face CLIP), the feature cache and training from it."""
+"""Tests for utils.pacl (the compatibility of PACL Eq. 2-3, the loss, the embedder), utils.backbones
+(course CLIP and a tiny random Hugging Face CLIP) and utils.feature_cache (and training from it)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ import torch.nn.functional as F
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
+from utils.backbones import CourseCLIPBackbone, HFCLIPBackbone, load_hf_clip
 from utils.data import load_image, load_split, locate_dataset
+from utils.feature_cache import (
+    FeatureCache,
+    PACLFeatureDataset,
+    cache_features,
+    pacl_feature_loader,
+)
 from utils.losses import clip_loss
 from utils.models import CLIP, CLIPConfig
 from utils.pacl import (
     PACL,
-    CourseCLIPBackbone,
-    FeatureCache,
-    HFCLIPBackbone,
-    PACLFeatureDataset,
     VisionEmbedder,
-    cache_features,
-    load_hf_clip,
     pacl_batch_loss,
     pacl_compatibility,
-    pacl_feature_loader,
     pacl_loss,
     pacl_parameter_groups,
     patch_text_similarity,

@@ -11,7 +11,9 @@ One idea per module:
 - ``metrics``       retrieval recall@K; segmentation IoU, mIoU and pixel accuracy
 - ``train``         a readable training loop with checkpoints
 - ``evaluation``    embed a whole split and measure retrieval
-- ``pacl``          PACL: the compatibility function, the vision embedder, frozen backbones, a feature cache
+- ``pacl``          PACL: the compatibility function, the vision embedder, the loss
+- ``backbones``     frozen CLIPs (the course's, Hugging Face's) behind one interface for PACL
+- ``feature_cache`` the frozen backbone's outputs, computed once and kept on disk
 - ``prompts``       prompt templates and the object words PACL trains on
 - ``viz``           plots: curves, similarity matrices, retrieval galleries
 - ``notebook``      small helpers the notebooks share (Colab detection, fast mode)

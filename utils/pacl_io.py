@@ -81,7 +81,7 @@ def load_pacl(folder: str | Path, device: str | torch.device = "cpu",
     Args:
         folder: a folder written by :func:`save_pacl`.
         device: where to put the module.
-        backbone: optionally the frozen backbone (``utils.pacl.FrozenBackbone``) it will be used
+        backbone: optionally the frozen backbone (``utils.backbones.FrozenBackbone``) it will be used
             with; when ``meta`` holds a ``"backbone_key"``, the backbone's ``cache_key`` must
             equal it, else a ValueError says that the PACL was trained on another CLIP.
     """
