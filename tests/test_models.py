@@ -8,7 +8,14 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel
 
-from utils.models import CLIP, CLIPConfig, ImageEncoder, ProjectionHead, TextEncoder
+from utils.models import (
+    CLIP,
+    AttentionPool,
+    CLIPConfig,
+    ImageEncoder,
+    ProjectionHead,
+    TextEncoder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +51,69 @@ def test_logit_scale_clamped_at_100_and_trainable(tiny_clip):
 
 def test_patch_embeddings_share_the_image_head(tiny_clip):
     images = torch.randn(2, 3, 32, 32)
-    patches = tiny_clip.encode_patches(images)
+    patches = tiny_clip.encode_patches(images, normalize=False)
     assert patches.shape == (2, (32 // 4) ** 2, 16)  # tiny CNN: stride 4
-    # The pooled image embedding is the head applied to the mean of the patch features.
-    features = tiny_clip.image_encoder.patch_tokens(images)
-    pooled = tiny_clip.image_projection(features.mean(1))
-    torch.testing.assert_close(tiny_clip.encode_image(images, normalize=False), pooled)
+    # Patch tokens and the pooled feature go through the same projection head.
+    _, features = tiny_clip.image_encoder.tokens(images)
+    torch.testing.assert_close(patches, tiny_clip.image_projection(features))
+
+
+def test_average_pooling_is_the_mean_of_the_patch_tokens():
+    torch.manual_seed(0)
+    encoder = ImageEncoder("tiny_cnn", image_size=32, attention_pool=False).eval()
+    pooled, patches = encoder.tokens(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(pooled, patches.mean(1))
+
+
+def test_attention_pool_matches_torch_multihead_attention():
+    # Independent reference: nn.MultiheadAttention with the same weights, the mean token as the
+    # query and the position-embedded cells as keys and values.
+    torch.manual_seed(0)
+    channels, heads = 64, 2
+    pool = AttentionPool(channels, (4, 4), num_heads=heads).eval()
+    reference = torch.nn.MultiheadAttention(channels, heads, batch_first=True).eval()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([pool.query.weight, pool.key.weight,
+                                                  pool.value.weight]))
+        reference.in_proj_bias.copy_(torch.cat([pool.query.bias, pool.key.bias, pool.value.bias]))
+        reference.out_proj.weight.copy_(pool.out.weight)
+        reference.out_proj.bias.copy_(pool.out.bias)
+    feature_map = torch.randn(3, channels, 4, 4)
+    tokens_ = (feature_map + pool.position).flatten(2).transpose(1, 2)
+    expected, _ = reference(tokens_.mean(1, keepdim=True), tokens_, tokens_)
+    pooled, patches = pool(feature_map)
+    torch.testing.assert_close(pooled, expected[:, 0], atol=1e-5, rtol=1e-5)
+    # The patch tokens are each cell's value through the output projection.
+    torch.testing.assert_close(patches, pool.out(pool.value(tokens_)))
+
+
+def test_attention_pool_one_head_is_a_convex_combination_of_patches():
+    torch.manual_seed(0)
+    pool = AttentionPool(8, (3, 3), num_heads=1)
+    pooled, patches = pool(torch.randn(2, 8, 3, 3))
+    # Solve pooled = sum_i a_i patch_i, sum_i a_i = 1 for a (9 equations, 9 unknowns): the
+    # solution is the attention weights, so it must be non-negative.
+    for b in range(2):
+        solution = torch.linalg.lstsq(torch.cat([patches[b].T, torch.ones(1, 9)]),
+                                      torch.cat([pooled[b], torch.ones(1)])[:, None]).solution
+        assert solution.min() > -1e-4
+
+
+def test_attention_pool_knows_where_things_are():
+    # Average pooling cannot tell a feature map from its mirror image; attention pooling can,
+    # which is what "a circle on the left" needs.
+    torch.manual_seed(0)
+    pool = AttentionPool(16, (4, 4))
+    feature_map = torch.randn(1, 16, 4, 4)
+    mirrored = feature_map.flip(-1)
+    assert torch.allclose(feature_map.mean((2, 3)), mirrored.mean((2, 3)), atol=1e-6)
+    assert not torch.allclose(pool(feature_map)[0], pool(mirrored)[0], atol=1e-3)
+
+
+def test_attention_pool_accepts_other_grid_sizes():
+    pool = AttentionPool(16, (4, 4))
+    pooled, patches = pool(torch.randn(2, 16, 6, 5))
+    assert pooled.shape == (2, 16) and patches.shape == (2, 30, 16)
 
 
 def test_padding_does_not_change_text_embedding(tiny_clip):

@@ -79,6 +79,68 @@ class TinyConvNet(nn.Module):
         return self.blocks(self.stem(images.contiguous(memory_format=torch.channels_last)))
 
 
+class AttentionPool(nn.Module):
+    """CLIP's attention pooling for a CNN (Radford et al. 2021, Sec. 2.4), in its simplest form.
+
+    Global average pooling forgets *where* things are, yet captions say "on the left" and "to the
+    right of". CLIP's ResNets pool with one round of attention instead: every cell of the feature
+    map gets a learned position embedding, the average cell asks the query, every cell answers
+    with a key and a value::
+
+        tokens_i = f_i + pos_i                     [B, P, C]
+        q = W_q mean_i(tokens),  k_i = W_k tokens_i,  v_i = W_o W_v tokens_i
+        pooled = sum_i softmax_i(q . k_i / sqrt(d)) v_i          (per head)
+
+    ``v_i`` is each cell's value in the pooled space, so ``pooled`` is a convex combination of the
+    ``v_i``: they are the encoder's *patch tokens* (the equivalent of a ViT's projected patch
+    tokens, and what MaskCLIP reads from CLIP's ResNet).
+
+    Args:
+        channels: ``C`` of the feature map.
+        grid_size: ``(h, w)`` of the feature map at the training resolution; other sizes get the
+            position embeddings bilinearly interpolated.
+        num_heads: attention heads (``C`` must be divisible by it).
+    """
+
+    def __init__(self, channels: int, grid_size: tuple[int, int], num_heads: int = 1):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"{channels} channels do not split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.grid_size = tuple(grid_size)
+        self.position = nn.Parameter(torch.randn(channels, *self.grid_size) * channels ** -0.5)
+        self.query = nn.Linear(channels, channels)
+        self.key = nn.Linear(channels, channels)
+        self.value = nn.Linear(channels, channels)
+        self.out = nn.Linear(channels, channels)
+
+    def _positions(self, height: int, width: int) -> torch.Tensor:
+        """``[C, height, width]`` position embeddings, interpolated for another grid size."""
+        if (height, width) == self.grid_size:
+            return self.position
+        return F.interpolate(self.position[None], size=(height, width), mode="bilinear",
+                             align_corners=False)[0]
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, channels = x.shape                         # -> [B, heads, L, C / heads]
+        return x.view(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
+
+    @staticmethod
+    def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).flatten(2)                       # [B, heads, L, d] -> [B, L, C]
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, C, h, w]`` -> (pooled ``[B, C]``, patch tokens ``[B, h*w, C]``)."""
+        height, width = feature_map.shape[-2:]
+        tokens = (feature_map + self._positions(height, width)).flatten(2).transpose(1, 2)
+        query = self._split_heads(self.query(tokens.mean(1, keepdim=True)))   # [B, h, 1, d]
+        keys = self._split_heads(self.key(tokens))                            # [B, h, P, d]
+        values = self._split_heads(self.value(tokens))                        # [B, h, P, d]
+        pooled = F.scaled_dot_product_attention(query, keys, values)         # [B, h, 1, d]
+        # W_o is affine and the attention weights sum to 1, so W_o(sum a_i v_i) = sum a_i W_o v_i.
+        return self.out(self._merge_heads(pooled))[:, 0], self.out(self._merge_heads(values))
+
+
 class ImageEncoder(nn.Module):
     """Image backbone with a patch view and a pooled view.
 
@@ -86,18 +148,22 @@ class ImageEncoder(nn.Module):
         kind: ``"tiny_cnn"`` | ``"tiny_vit"`` (CPU) or ``"resnet50"`` | ``"vit_b_16"`` (Colab).
         pretrained: load ImageNet weights through torchvision (downloads; Colab only).
         image_size: input side length; ViTs need it fixed.
+        cnn_width: channels of the tiny CNN.
+        attention_pool: CNNs pool their feature map with :class:`AttentionPool` (as CLIP's
+            ResNets do) instead of averaging it. ViTs always use their class token.
 
     Attributes:
         out_dim: channel width ``C`` of both views.
     """
 
-    def __init__(self, kind: str = "tiny_cnn", pretrained: bool = False, image_size: int = 64):
+    def __init__(self, kind: str = "tiny_cnn", pretrained: bool = False, image_size: int = 64,
+                 cnn_width: int = 64, attention_pool: bool = True):
         super().__init__()
         if kind not in IMAGE_ENCODERS:
             raise ValueError(f"unknown image encoder {kind!r}; choose one of {IMAGE_ENCODERS}")
         self.kind = kind
         if kind == "tiny_cnn":
-            self.backbone = TinyConvNet()
+            self.backbone = TinyConvNet(cnn_width)
             self.out_dim = self.backbone.out_channels
         elif kind == "resnet50":
             weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2 if pretrained else None
@@ -108,6 +174,11 @@ class ImageEncoder(nn.Module):
         else:
             self.backbone = _build_vit(kind, pretrained, image_size)
             self.out_dim = self.backbone.hidden_dim
+        self.pool = None
+        if attention_pool and not self.is_vit:
+            with torch.no_grad():  # the grid size at the training resolution, measured
+                grid = self.backbone(torch.zeros(1, 3, image_size, image_size)).shape[-2:]
+            self.pool = AttentionPool(self.out_dim, tuple(grid), max(1, self.out_dim // 32))
 
     @property
     def is_vit(self) -> bool:
@@ -122,6 +193,8 @@ class ImageEncoder(nn.Module):
             x = vit.encoder(torch.cat([cls, x], dim=1))              # [B, 1+P, C], final LN inside
             return x[:, 0], x[:, 1:]
         feature_map = self.backbone(images)                          # [B, C, h, w]
+        if self.pool is not None:
+            return self.pool(feature_map)                            # attention pooling
         patches = feature_map.flatten(2).transpose(1, 2)             # [B, h*w, C]
         return patches.mean(1), patches                              # global average pooling
 
@@ -220,6 +293,8 @@ class CLIPConfig:
     text_encoder: str = "tiny_distilbert"
     pretrained: bool = False
     image_size: int = 64
+    cnn_width: int = 64               # channels of the tiny CNN
+    attention_pool: bool = True       # CNNs: CLIP's attention pooling (False: average pooling)
     embed_dim: int = 128
     dropout: float = 0.1
     init_temperature: float = 0.07    # CLIP: logit scale initialised to 1 / 0.07
@@ -242,7 +317,8 @@ class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig):
         super().__init__()
         self.config = config
-        self.image_encoder = ImageEncoder(config.image_encoder, config.pretrained, config.image_size)
+        self.image_encoder = ImageEncoder(config.image_encoder, config.pretrained, config.image_size,
+                                          config.cnn_width, config.attention_pool)
         self.text_encoder = TextEncoder(config.text_encoder, config.pretrained, config.vocab_size,
                                         config.pad_token_id, config.max_length,
                                         dropout=config.dropout)
