@@ -19,14 +19,11 @@ from http_fixture import LocalHTTPServer
 from PIL import Image
 
 from utils.data import ImageCaptionDataset, build_transform, load_split, locate_dataset
+from utils.download import DownloadError, download_file, extract_zip_atomic, md5sum
 from utils.flickr8k import (
     FLICKR8K_TEXT_ARCHIVE,
     PREPARED_MARKER,
     SPLIT_FILES,
-    DownloadError,
-    download_file,
-    extract_zip_atomic,
-    md5sum,
     prepare_flickr8k,
     use_kaggle_copy,
 )
