@@ -290,12 +290,23 @@ def _open_tar(tar_path: Path) -> tarfile.TarFile:
 
 
 def _tar_members(archive: tarfile.TarFile, tar_path: Path) -> list[tarfile.TarInfo]:
+    """Every member's header, after checking the archive is complete.
+
+    ``tarfile`` reads an archive cut between two members as a shorter, valid one; only the
+    end-of-archive block (zeros) that follows the last member shows that nothing is missing.
+    """
     try:
-        return archive.getmembers()
-    except (tarfile.TarError, EOFError) as error:   # a truncated archive ends mid-header
+        members = archive.getmembers()
+        archive.fileobj.seek(archive.offset)
+        complete = archive.fileobj.read(tarfile.BLOCKSIZE) == tarfile.NUL * tarfile.BLOCKSIZE
+    except (tarfile.TarError, EOFError) as error:   # cut inside a header or a compressed stream
         raise tarfile.TarError(
             f"{tar_path} is truncated or damaged ({error}). Delete it and download it again."
         ) from error
+    if not complete:
+        raise tarfile.TarError(f"{tar_path} is truncated: it ends without the end-of-archive "
+                               "block. Delete it and download it again.")
+    return members
 
 
 def _refuse_existing(dest_dir: Path, archive_path: Path) -> None:
