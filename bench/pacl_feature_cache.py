@@ -10,7 +10,9 @@ generated synthetic set of ``--images`` images, one run side by side:
 Both train the same :class:`utils.pacl.PACL` with :func:`utils.train.fit` (same batches, same
 loss); text embeddings come from the cache in both, so the difference is the image side only.
 Prints seconds per epoch of each, their ratio, how much of (a) the backbone took, the one-time
-cache build and a cache reuse. Not a test.
+cache build and a cache reuse, and the floating-point operations of one batch on each side: the
+cache removes only the backbone's forward pass, so ``1 + backbone / training step`` (in FLOPs)
+is roughly the most the cache can gain. Not a test.
 
 ``--backbone vit-b16`` swaps in a randomly initialised Hugging Face CLIP ViT-B/16 (the Colab
 backbone; no download) at 224 px, to see the ratio where the backbone is heavy; use few images.
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
@@ -94,6 +97,13 @@ def seconds_per_epoch(loader: DataLoader, loss_fn, epochs: int, embed_dim: int) 
     return (time.perf_counter() - start) / epochs
 
 
+def gigaflops(run) -> float:
+    """Floating-point operations (in 1e9) of calling ``run()`` once, counted by torch."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +152,12 @@ def main() -> None:
             ImageCaptionDataset(files.images_dir, items, backbone.image_transform(args.image_size)),
             batch_size=BATCH_SIZE, shuffle=True, drop_last=True,
             collate_fn=ImageTextIdCollator(cache))
+        batch = next(iter(image_loader))
+        patch_emb = backbone.patch_embeddings(batch["images"])
+        backbone_gflop = gigaflops(lambda: backbone.patch_embeddings(batch["images"]))
+        step_gflop = gigaflops(lambda: pacl_batch_loss(PACL(embed_dim), {
+            "patch_emb": patch_emb, "text_emb": text_emb[batch["text_ids"]],
+            "positives": batch["positives"]}).backward())
         through_backbone = seconds_per_epoch(image_loader, loss_through_backbone, args.epochs,
                                              embed_dim)
         from_cache = seconds_per_epoch(pacl_feature_loader(cache, BATCH_SIZE), pacl_batch_loss,
@@ -157,6 +173,9 @@ def main() -> None:
           f"({sum(backbone_seconds) / args.epochs:.2f} s of it in the backbone)")
     print(f"  (b) from the cache:          {from_cache:6.2f} s/epoch")
     print(f"  speed-up (a) / (b):          {through_backbone / from_cache:6.1f} x")
+    print(f"  per batch: backbone forward {backbone_gflop:.1f} GFLOP; embedder + loss, forward and "
+          f"backward, {step_gflop:.1f} GFLOP -> at equal FLOP rates the cache gains at most "
+          f"{1 + backbone_gflop / step_gflop:.1f} x")
 
 
 if __name__ == "__main__":
