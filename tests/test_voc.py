@@ -17,6 +17,7 @@ from http_fixture import LocalHTTPServer
 from PIL import Image
 
 from utils.download import DownloadError, extract_tar_atomic, md5sum
+from utils.metrics import mean_iou
 from utils.voc import (
     VOC_ARCHIVE,
     VOC_CLASSES,
@@ -26,6 +27,7 @@ from utils.voc import (
     load_voc_split,
     prepare_voc,
     read_split,
+    voc_miou,
 )
 
 ROOT = "VOCdevkit/VOC2012"
@@ -203,6 +205,32 @@ def test_load_split_detects_an_image_and_mask_of_different_sizes(
     (voc_dir / "SegmentationClass" / f"{VAL[0]}.png").write_bytes(_png(_mask(15, (20, 20))))
     with pytest.raises(ValueError, match="do not belong together"):
         list(load_voc_split(voc_dir))
+
+
+def test_voc_miou_pools_pixels_over_images_with_and_without_background(
+        server: LocalHTTPServer, served: Path, tmp_path: Path) -> None:
+    voc_dir = _prepare(server, served, tmp_path / "voc")
+    samples = list(load_voc_split(voc_dir, "val"))
+
+    def left_half_is_person(image: np.ndarray) -> np.ndarray:
+        # A real, simple rule (not the truth): person (15) on the left half, background right.
+        mask = np.zeros(image.shape[:2], dtype=np.uint8)
+        mask[:, : image.shape[1] // 2] = 15
+        return mask
+
+    predictions = [left_half_is_person(s.image) for s in samples]
+    scores = voc_miou(left_half_is_person, iter(samples), progress=False)
+    # Pooled: the same as scoring all pixels at once.
+    pooled = mean_iou(np.concatenate([p.ravel() for p in predictions]),
+                      np.concatenate([s.mask.ravel() for s in samples]), 21)
+    assert scores["num_images"] == 3
+    assert scores["mIoU"] == pytest.approx(pooled["mIoU"])
+    assert scores["present_classes"] == [0, 12, 15, 20]
+    objects_only = voc_miou(left_half_is_person, samples, include_background=False,
+                            progress=False)
+    assert objects_only["present_classes"] == [0, 12, 15, 20]     # predicted 0 still counts
+    assert objects_only["per_class_iou"][0] == 0.0
+    assert objects_only["per_class_iou"][15] > scores["per_class_iou"][15]
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,15 +22,18 @@ grey levels.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from utils.data import DatasetFormatError, load_image
 from utils.download import DownloadError, download_file, extract_tar_atomic, tar_member_names
+from utils.metrics import iou_from_confusion, segmentation_confusion
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
@@ -190,6 +193,33 @@ def load_voc_split(voc_dir: str | os.PathLike[str], split: str = "val",
             raise ValueError(f"{voc_dir / MASKS / name}.png is {mask.shape}, its image "
                              f"{image.shape[:2]}: the files do not belong together")
         yield VOCSample(name, image, mask)
+
+
+def voc_miou(predict: Callable[[np.ndarray], np.ndarray], samples: Iterable[VOCSample], *,
+             include_background: bool = True, total: int | None = None,
+             progress: bool = True) -> dict:
+    """Segment every sample and score the whole set: pixel counts pooled over all images, as the
+    benchmark does (not a mean of per-image scores).
+
+    Args:
+        predict: ``image [H, W, 3] uint8 -> mask [H, W]`` of VOC ids (0 background, 1-20).
+        include_background: True scores 21 classes ("VOC-21"). False ignores the ground truth's
+            background pixels, as the PACL paper's "VOC-20" numbers do: only object pixels are
+            scored, so predict should then never answer background.
+
+    Returns:
+        :func:`utils.metrics.iou_from_confusion`'s dict (per-class IoU for the 21 ids, mIoU over
+        the classes present, pixel accuracy) plus ``num_images``.
+    """
+    confusion = torch.zeros(len(VOC_CLASSES) + 1, len(VOC_CLASSES) + 1, dtype=torch.long)
+    count = 0
+    for sample in tqdm(samples, total=total, desc="VOC", disable=not progress):
+        target = sample.mask if include_background else np.where(sample.mask == 0, IGNORE_INDEX,
+                                                                  sample.mask)
+        confusion += segmentation_confusion(predict(sample.image), target, len(VOC_CLASSES) + 1,
+                                            IGNORE_INDEX)
+        count += 1
+    return {**iou_from_confusion(confusion), "num_images": count}
 
 
 # --------------------------------------------------------------------------------------------
