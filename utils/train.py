@@ -2,6 +2,7 @@
 
 The loop knows nothing about CLIP or PACL: it takes parameter groups and a ``loss_fn(model, batch)``.
 :func:`clip_parameter_groups` and :func:`clip_batch_loss` plug CLIP into it; PACL plugs in its own.
+Started by ``torchrun`` it trains on several processes (see :mod:`utils.distributed`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from utils.atomic import atomic_folder, write_text_atomic
+from utils.distributed import barrier, data_parallel, is_main_process, mean_across_processes
 from utils.losses import clip_loss
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
@@ -112,9 +114,17 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
     dropout depend only on the epoch: a run resumed from an epoch's checkpoint continues exactly as
     the uninterrupted run would have (on CPU). With ``resume=True`` the newest checkpoint in
     ``config.checkpoint_dir`` (if any) restores weights, optimiser, schedule and history.
+
+    Inside a process group (``torchrun``, :func:`utils.distributed.init_from_torchrun`) the model
+    trains under DistributedDataParallel, the loader's ``DistributedSampler`` is told each epoch,
+    and only rank 0 draws progress bars, evaluates and writes checkpoints. The history records
+    the loss averaged over processes. Checkpoints hold the bare model, so a run on N processes
+    resumes on 1 and the other way round (keep the global batch size, then the schedule agrees).
     """
     device = resolve_device(config.device)
     model.to(device)
+    training_step = data_parallel(model, loss_fn, device)   # forward(batch) -> loss
+    main = is_main_process()
     use_amp = config.amp and device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups)
     total_steps = config.epochs * len(train_loader)
@@ -127,16 +137,17 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
     if checkpoint is not None:
         start_epoch, history = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
 
-    epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not config.progress,
-                  initial=start_epoch, total=config.epochs)
+    epochs = tqdm(range(start_epoch, config.epochs), desc="epochs",
+                  disable=not (config.progress and main), initial=start_epoch, total=config.epochs)
     for epoch in epochs:
         seed_everything(config.seed + epoch)
-        model.train()
+        _set_sampler_epoch(train_loader, epoch)
+        training_step.train()
         batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False,
-                       disable=not config.progress)
+                       disable=not (config.progress and main))
         for batch in batches:
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(model, move_to(batch, device))
+                loss = training_step(move_to(batch, device))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip is not None:
@@ -145,18 +156,28 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            history.steps.append(_step_record(model, optimizer, epoch, loss))
-            batches.set_postfix(loss=f"{loss.item():.3f}")
+            history.steps.append(_step_record(model, optimizer, epoch,
+                                              mean_across_processes(loss)))
+            batches.set_postfix(loss=f"{history.steps[-1]['loss']:.3f}")
 
-        if evaluate is not None and config.eval_every and (epoch + 1) % config.eval_every == 0:
+        evaluate_now = config.eval_every and (epoch + 1) % config.eval_every == 0
+        if main and evaluate is not None and evaluate_now:
             model.eval()
             history.evals.append({"epoch": epoch + 1, **evaluate(model)})
             epochs.set_postfix({k: f"{v:.3f}" for k, v in list(history.evals[-1].items())[1:4]})
-        if config.checkpoint_dir:
+        if main and config.checkpoint_dir:
             save_checkpoint(config.checkpoint_dir, epoch + 1, model, optimizer, scheduler, scaler,
                             history)
+        barrier()  # the others wait for rank 0's evaluation and checkpoint
     model.eval()
     return history
+
+
+def _set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
+    """A ``DistributedSampler`` reshuffles only when told the epoch (it seeds with seed + epoch)."""
+    for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
 
 
 def _step_record(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
