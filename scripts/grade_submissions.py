@@ -34,9 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from utils.atomic import write_text_atomic  # noqa: E402
-from utils.grading import EXERCISES, GRADES_MARKER  # noqa: E402
 
-EXERCISE_KEYS = [*EXERCISES, "e"]
 GRADING_CELL = ("from utils.grading import grade_namespace as _grade_namespace\n"
                 "_grade_namespace(globals())")
 GRADING_CELL_S = 120    # the grading cell's own allowance (it re-runs the experiment of (e))
@@ -48,7 +46,8 @@ WORKER_GRACE_S = GRADING_CELL_S + 60   # beyond the notebook's limit: the gradin
 # --------------------------------------------------------------------------------------------
 
 def run_notebook(notebook_path: Path, timeout: float, kernel_pid_file: Path) -> dict:
-    """Execute one notebook plus the grading cell; return ``{"grades": dict | None, "errors": []}``.
+    """Execute one notebook plus the grading cell; return ``{"grading_output": its printed text,
+    "errors": [...]}`` (read by the parent: this child stays free of torch, seconds per notebook).
 
     The time limit covers the whole notebook: each cell gets what is left of it. A cell still
     running when time is up is interrupted; the cells after it get a second each, and the grading
@@ -61,13 +60,18 @@ def run_notebook(notebook_path: Path, timeout: float, kernel_pid_file: Path) -> 
     try:
         notebook = nbformat.read(notebook_path, as_version=4)
     except Exception as error:  # a file that is not a notebook: report it, grade nothing
-        return {"grades": None, "errors": [f"not a readable notebook: {error}"]}
+        return {"grading_output": "", "errors": [f"not a readable notebook: {error}"]}
     notebook.cells.append(nbformat.v4.new_code_cell(GRADING_CELL))
     deadline = time.monotonic() + timeout
 
     def record_kernel_pid(**_) -> None:
         # The kernel runs in its own session; the parent kills it by this pid if all else fails.
         kernel_pid_file.write_text(str(client.km.provisioner.process.pid))
+
+    running = {"cell": 0}          # 1-based number of the cell being executed
+
+    def note_running(cell_index: int, **_) -> None:
+        running["cell"] = cell_index + 1
 
     def seconds_for(cell) -> int:
         return GRADING_CELL_S if cell.source == GRADING_CELL else max(
@@ -77,24 +81,18 @@ def run_notebook(notebook_path: Path, timeout: float, kernel_pid_file: Path) -> 
         notebook, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
         timeout_func=seconds_for,
         resources={"metadata": {"path": str(notebook_path.parent)}},
-        on_notebook_start=record_kernel_pid)
+        on_notebook_start=record_kernel_pid, on_cell_execute=note_running)
     errors = []
     try:
         client.execute()
     except DeadKernelError:
-        errors.append(f"the kernel died in cell {_running_cell(notebook)} (sys.exit from a "
+        errors.append(f"the kernel died in cell {running['cell']} (sys.exit from a "
                       "thread, os._exit, a crash or out of memory)")
     except Exception as error:  # nbclient's own failures must not lose the row
         errors.append(f"could not run the notebook: {type(error).__name__}: {error}")
     errors[:0] = _cell_errors(notebook, timeout if time.monotonic() > deadline else None)
-    return {"grades": _grades(notebook.cells[-1]), "errors": errors}
-
-
-def _running_cell(notebook) -> int:
-    """1-based number of the last cell that started running (the one the kernel died in)."""
-    started = [number for number, cell in enumerate(notebook.cells, start=1)
-               if cell.cell_type == "code" and cell.get("execution_count") is not None]
-    return started[-1] if started else 1
+    printed = "".join(o.get("text", "") for o in notebook.cells[-1].get("outputs", []))
+    return {"grading_output": printed, "errors": errors}
 
 
 def _cell_errors(notebook, time_limit: float | None) -> list[str]:
@@ -113,12 +111,20 @@ def _cell_errors(notebook, time_limit: float | None) -> list[str]:
     return found
 
 
-def _grades(cell) -> dict | None:
-    for output in cell.get("outputs", []):
-        for line in output.get("text", "").splitlines():
-            if line.startswith(GRADES_MARKER):
-                return json.loads(line.removeprefix(GRADES_MARKER))
-    return None
+def _grades(grading_output: str) -> dict:
+    """The grading cell's ``CLIP_PACL_GRADES {json}`` line as a dictionary ({} if absent)."""
+    from utils.grading import GRADES_MARKER
+
+    for line in grading_output.splitlines():
+        if line.startswith(GRADES_MARKER):
+            return json.loads(line.removeprefix(GRADES_MARKER))
+    return {}
+
+
+def _exercise_keys() -> list[str]:
+    from utils.grading import EXERCISES
+
+    return [*EXERCISES, "e"]       # the checked functions, then the open experiment
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,8 +175,8 @@ def grade_submission(path: Path, timeout: float, fast: bool = True) -> dict:
         result = _read_result(result_file, worker.returncode, scratch / "worker.log")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    grades = result["grades"] or {}
-    for key in EXERCISE_KEYS:
+    grades = _grades(result["grading_output"])
+    for key in _exercise_keys():
         row[key] = f"{grades[key]['score']:.2f}" if key in grades else ""
     row["total"] = f"{sum(g['score'] for g in grades.values()):.2f}" if grades else ""
     errors = result["errors"] + ([] if grades else ["no grades: the grading cell did not run"])
@@ -183,7 +189,7 @@ def _read_result(result_file: Path, returncode: int | None, log: Path) -> dict:
         return json.loads(result_file.read_text())
     except (OSError, ValueError):
         last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        return {"grades": None,
+        return {"grading_output": "",
                 "errors": [f"the grading process ended (exit code {returncode}): {last[0]}"]}
 
 
@@ -207,7 +213,7 @@ def grade_folder(folder: Path, out: Path, timeout: float, fast: bool = True, job
         rows = list(tqdm(pool.map(lambda path: grade_submission(path, timeout, fast), submissions),
                          total=len(submissions), desc="grading", unit="notebook"))
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["submission", *EXERCISE_KEYS, "total", "errors"])
+    writer = csv.DictWriter(text, fieldnames=["submission", *_exercise_keys(), "total", "errors"])
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out, text.getvalue())
