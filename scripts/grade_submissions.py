@@ -115,9 +115,13 @@ def _grades(grading_output: str) -> dict:
     """The grading cell's ``CLIP_PACL_GRADES {json}`` line as a dictionary ({} if absent)."""
     from utils.grading import GRADES_MARKER
 
-    for line in grading_output.splitlines():
+    # The last such line: the grader's own, printed after anything the student's code printed.
+    for line in reversed(grading_output.splitlines()):
         if line.startswith(GRADES_MARKER):
-            return json.loads(line.removeprefix(GRADES_MARKER))
+            try:
+                return json.loads(line.removeprefix(GRADES_MARKER))
+            except ValueError:
+                return {}
     return {}
 
 
@@ -167,12 +171,14 @@ def grade_submission(path: Path, timeout: float, fast: bool = True) -> dict:
                                       stdout=log, stderr=log, start_new_session=True)
             try:
                 worker.wait(timeout=timeout + WORKER_GRACE_S)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:   # the worker hung: end it and its kernel
                 _kill(worker.pid)
                 worker.wait()
-        if pid_file.exists() and pid_file.read_text().strip().isdigit():
-            _kill(int(pid_file.read_text()))          # a kernel left running, if any
+                if pid_file.exists() and pid_file.read_text().strip().isdigit():
+                    _kill(int(pid_file.read_text()))
         result = _read_result(result_file, worker.returncode, scratch / "worker.log")
+    except Exception as error:  # whatever goes wrong with one submission stays in its row
+        result = {"grading_output": "", "errors": [f"grader error: {type(error).__name__}: {error}"]}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     grades = _grades(result["grading_output"])

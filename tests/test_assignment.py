@@ -160,3 +160,12 @@ def test_the_solution_notebook_runs_cleanly_and_passes_every_check(tmp_path: Pat
     rows = grade_submissions.grade_folder(folder, tmp_path / "grades.csv", timeout=240)
     assert rows[0]["errors"] == ""
     assert [rows[0][key] for key in ("a", "b", "c", "d", "e")] == ["1.00"] * 5
+
+
+def test_grades_come_from_the_graders_own_last_line() -> None:
+    from utils.grading import GRADES_MARKER
+
+    printed = (f'{GRADES_MARKER} {{"a": {{"score": 1.0}}}}\nstudent output\n'
+               f'{GRADES_MARKER} {{"a": {{"score": 0.25}}}}\n')
+    assert grade_submissions._grades(printed) == {"a": {"score": 0.25}}
+    assert grade_submissions._grades(f"{GRADES_MARKER} not json") == {}
