@@ -320,7 +320,7 @@ def run_experiment():
     """Your experiment on the synthetic set (a minute or less of CPU time).
 
     Returns:
-        A matplotlib Figure whose plots have labelled x and y axes: the answer to your question.
+        A matplotlib Figure that answers your question, with labelled x and y axes.
     """
     # The question: how does the logit scale s change CLIP's loss of fixed embeddings?
     items = load_split(locate_dataset(synthetic_dataset(FAST, progress=False)), "test")

@@ -332,6 +332,16 @@ def test_experiment_accepts_a_labelled_plot_and_a_paragraph() -> None:
     assert result.passed, result.report()
 
 
+def test_experiment_accepts_a_heatmap_with_an_unlabelled_colorbar() -> None:
+    def heatmap() -> plt.Figure:
+        fig, ax = plt.subplots()
+        fig.colorbar(ax.imshow(np.eye(3)), ax=ax)
+        ax.set(xlabel="text", ylabel="image")
+        return fig
+
+    assert check_experiment(heatmap, PARAGRAPH, verbose=False, display=False).passed
+
+
 @pytest.mark.parametrize(("make_figure", "answer", "failing"), [
     (lambda: plt.subplots()[0], PARAGRAPH, "the figure shows data"),
     (lambda: plt.figure().add_subplot().plot([0, 1]) and plt.gcf(), PARAGRAPH, "labelled"),
