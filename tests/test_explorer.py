@@ -58,10 +58,11 @@ def _controls(explorer) -> dict:
 
 
 def _mask_colours(fig, image: np.ndarray, class_count: int) -> np.ndarray:
-    """Recover class ids from the drawn overlay panel (alpha 0.55 blend of image and palette)."""
+    """Recover class ids from the drawn overlay panel (alpha 0.6 blend of grey image and palette)."""
     drawn = np.asarray(fig.axes[1].get_images()[0].get_array()).astype(float)
     palette = class_palette(class_count).astype(float)
-    blends = 0.45 * image[None].astype(float) + 0.55 * palette[:, None, None]   # [K+1, H, W, 3]
+    grey = image.astype(float).mean(2, keepdims=True)
+    blends = 0.4 * grey[None] + 0.6 * palette[:, None, None]                # [K+1, H, W, 3]
     return np.abs(drawn[None] - blends).sum(-1).argmin(0)
 
 

@@ -69,12 +69,13 @@ def test_colour_mask_uses_the_palette_and_paints_ignored_pixels_white() -> None:
         colour_mask(np.array([[7]]), palette)
 
 
-def test_overlay_blends_each_class_colour_where_the_mask_has_it() -> None:
+def test_overlay_blends_each_class_colour_on_the_grey_image_where_the_mask_has_it() -> None:
     image, mask = _scene()
+    image[..., 0] = 160                 # a reddish image: grey level (160 + 100 + 100) / 3 = 120
     palette = class_palette(len(CLASSES))
     blended = overlay_mask(image, mask, palette, alpha=0.5)
     for class_id in (0, 1, 3):
-        expected = np.round(0.5 * 100 + 0.5 * palette[class_id].astype(float))
+        expected = np.round(0.5 * 120 + 0.5 * palette[class_id].astype(float))
         assert (blended[mask == class_id] == expected).all(), f"class {class_id}"
     with pytest.raises(ValueError, match="does not match"):
         overlay_mask(image, mask[:5], palette)

@@ -42,7 +42,7 @@ def chosen_classes(selected: Sequence[str], prompts: str) -> list[str]:
 
 
 def explorer_figure(image: np.ndarray, scores: np.ndarray, mask: np.ndarray,
-                    class_names: Sequence[str], title: str = "", alpha: float = 0.55) -> Figure:
+                    class_names: Sequence[str], title: str = "", alpha: float = 0.6) -> Figure:
     """Three panels: the image; the mask as an overlay with a legend; the winning class's score
     per pixel (low where no class matches well: those pixels are the ones the threshold makes
     background)."""

@@ -58,8 +58,10 @@ def colour_mask(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
-                 alpha: float = 0.5) -> np.ndarray:
-    """Blend the coloured mask over the image: ``(1 - alpha) * image + alpha * colour``.
+                 alpha: float = 0.6) -> np.ndarray:
+    """Blend the coloured mask over the image's grey levels: ``(1 - alpha) * grey + alpha *
+    colour``. Grey, because blending with a red object would turn a blue class colour purple:
+    the legend's colours must stay readable, while the grey keeps the objects' outlines.
 
     ``image [H, W, 3]`` uint8 and ``mask [H, W]`` -> ``[H, W, 3]`` uint8.
     """
@@ -68,7 +70,8 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} does not match the image's {image.shape[:2]}; "
                          "upsample the mask to the image size first")
-    blended = (1 - alpha) * image.astype(float) + alpha * colour_mask(mask, palette)
+    grey = image.astype(float).mean(2, keepdims=True)
+    blended = (1 - alpha) * grey + alpha * colour_mask(mask, palette)
     return blended.round().astype(np.uint8)
 
 
@@ -82,7 +85,7 @@ def legend_handles(masks: Sequence[np.ndarray], class_names: Sequence[str],
 
 
 def plot_overlay(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str], *,
-                 alpha: float = 0.5, title: str | None = None, ax: Axes | None = None) -> Figure:
+                 alpha: float = 0.6, title: str | None = None, ax: Axes | None = None) -> Figure:
     """The image with its mask blended on top and a legend of the classes present in the mask.
 
     Args:
