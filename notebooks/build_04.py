@@ -104,10 +104,12 @@ expected, what you returned, and a hint. Run it as often as you like.
 or `utils.pacl` (that is what your answers are compared with). Keep the function names: the
 grader looks for them.
 
-**Submitting.** Run the whole notebook top to bottom (*Runtime → Restart and run all* on Colab),
-check that the summary at the end shows what you expect, save, and hand in the `.ipynb` file.
-Your instructor's grader re-runs it in a fresh kernel, with a time limit, and re-checks every
-exercise: what counts is your functions, not the printed output.
+**Submitting.** Run the whole notebook top to bottom (*Runtime → Restart session and run all* on
+Colab), check that the summary at the end shows what you expect, save, and hand in the `.ipynb`
+file. Your instructor's grader re-runs it in a fresh kernel with a time limit for the whole
+notebook (5 minutes unless your instructor says otherwise) and re-checks every exercise: what
+counts is your functions, not the printed output. A cell still running when time is up is
+stopped, and the exercises after it may score nothing.
 """)
 
 md("""
