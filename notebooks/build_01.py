@@ -916,5 +916,46 @@ of *where* a word applies.
 """)
 
 
+# ================================================================================================
+md("""
+## Appendix · Training on several GPUs and machines
+
+Everything above ran in one process. For Flickr30k, COCO or CC3M you want several GPUs, and then
+several machines. The course does it with PyTorch's own engine: `torchrun` starts one process per
+GPU, each process loads its own share of the data (`DistributedSampler`), and
+`DistributedDataParallel` averages the gradients. `fit()` from this notebook does all of that by
+itself when `torchrun` started it.
+
+One thing needs care, and it is the loss. Each caption must compete against the captions of the
+*whole* global batch, not only against the ones its own GPU saw: with 8 GPUs of 64 pairs each,
+that is 511 negatives instead of 63. So every process gathers all processes' embeddings, *with
+their gradients*, and scores its own 64 images against all 512 captions (and its own 64 captions
+against all 512 images). Its targets are its rows of the global 512 x 512 problem: the labels
+`0..63` shifted by 64 times the process's rank. `utils.distributed.gathered_clip_loss` does that;
+the tests check, on two CPU processes, that its loss and the gradient of every parameter equal
+those of one process on the same 8-pair batch, and that training ends with the same weights.
+
+The next cell prints the launch commands for `scripts/train_distributed.py`, which trains this
+notebook's offline CLIP on the synthetic set: one machine with N GPUs, and M machines (run the
+second command on every machine, each with its own `--node-rank`). `--batch-size` is per GPU.
+Run a command in a terminal, or from a cell with `!` in front. A Colab runtime has a single GPU,
+so there it only trains in one process.
+""")
+
+code(r"""
+script = repo_root() / "scripts" / "train_distributed.py"
+gpus = max(torch.cuda.device_count(), 2)   # on a CPU-only machine: 2 CPU processes (gloo)
+arguments = (f"{script} --data-root {DATA_DIR / 'captioned_shapes'} "
+             f"--out-dir {OUT_DIR / 'distributed'} --batch-size {BATCH_SIZE}")
+print("one machine:\n"
+      f"  torchrun --standalone --nproc-per-node={gpus} {arguments}\n")
+print("two machines: run on each, with R = 0 on machine 0 and R = 1 on the other, and "
+      "machine 0's address for NODE0_HOST:\n"
+      f"  torchrun --nnodes=2 --node-rank=R --nproc-per-node={gpus} "
+      f"--master-addr=NODE0_HOST --master-port=29500 {arguments}\n")
+print("resume from the last checkpoint, on any number of processes: add --resume")
+""")
+
+
 if __name__ == "__main__":
     NOTEBOOK.write()

@@ -99,6 +99,19 @@ def mean_across_processes(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def broadcast_from_rank_0(obj: Any) -> Any:
+    """Rank 0's ``obj`` (any picklable object) on every process; ``obj`` elsewhere is ignored.
+
+    For what one process builds and all must share exactly (a trained tokenizer), without
+    assuming that the machines share a filesystem.
+    """
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def gather_objects(items: Sequence) -> list:
     """Concatenate, in rank order, a list of picklable items from every process."""
     if not is_distributed():
@@ -301,12 +314,12 @@ def data_parallel(model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.T
     """``ModelWithLoss`` wrapped in DDP inside a process group, as it is otherwise.
 
     DDP copies rank 0's weights to every process when it wraps, so all start equal.
-    ``find_unused_parameters``: some course models hold parameters a loss never touches
-    (torchvision's ViT classifier head); DDP would otherwise wait for their gradients forever.
+    ``static_graph``: some course models hold parameters a loss never touches (torchvision's ViT
+    classifier head), and DDP would wait for their gradients forever. With a static graph it
+    finds them in the first step and skips them from then on.
     """
     step = ModelWithLoss(model, loss_fn)
     if not is_distributed():
         return step
     return nn.parallel.DistributedDataParallel(
-        step, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True)
+        step, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
