@@ -153,9 +153,11 @@ def _kill(pid: int) -> None:
         pass
 
 
-def grade_submission(path: Path, timeout: float, fast: bool = True) -> dict:
-    """Run one submission in a temporary copy; return its CSV row."""
-    row = {"submission": path.name}
+def grade_submission(path: Path, timeout: float, fast: bool = True, label: str | None = None
+                     ) -> dict:
+    """Run one submission in a temporary copy; return its CSV row (named ``label`` or the
+    file's name)."""
+    row = {"submission": label or path.name}
     scratch = Path(tempfile.mkdtemp(prefix="clip_pacl_grade_"))
     try:
         work = scratch / "work"
@@ -216,7 +218,9 @@ def grade_folder(folder: Path, out: Path, timeout: float, fast: bool = True, job
         raise SystemExit(f"no .ipynb files under {folder}: point SUBMISSIONS_DIR at the folder "
                          "holding the submitted notebooks")
     with ThreadPoolExecutor(max_workers=jobs) as pool:   # threads only wait on child processes
-        rows = list(tqdm(pool.map(lambda path: grade_submission(path, timeout, fast), submissions),
+        # Named by their path under the folder: student1/04.ipynb and student2/04.ipynb differ.
+        rows = list(tqdm(pool.map(lambda path: grade_submission(
+            path, timeout, fast, str(path.relative_to(folder))), submissions),
                          total=len(submissions), desc="grading", unit="notebook"))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["submission", *_exercise_keys(), "total", "errors"])

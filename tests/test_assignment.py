@@ -94,7 +94,7 @@ FAKE_SUBMISSIONS = {
     "kills_kernel.ipynb": _notebook(GOOD_LOSS, "import os\nos._exit(3)"),
     "deletes_files.ipynb": _notebook(
         "import os\nfor name in os.listdir('.'):\n    os.remove(name)", GOOD_LOSS),
-    "syntax_error.ipynb": _notebook("def clip_loss(:\n    pass", GOOD_LOSS),
+    "late/syntax_error.ipynb": _notebook("def clip_loss(:\n    pass", GOOD_LOSS),  # a subfolder
 }
 
 
@@ -102,6 +102,7 @@ FAKE_SUBMISSIONS = {
 def graded(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict], Path]:
     folder = tmp_path_factory.mktemp("submissions")
     for name, notebook in FAKE_SUBMISSIONS.items():
+        (folder / name).parent.mkdir(exist_ok=True)
         nbformat.write(notebook, folder / name)
     (folder / "not_a_notebook.ipynb").write_text("{ this is not json")
     out = folder.parent / "grades.csv"
@@ -141,15 +142,15 @@ def test_a_dead_kernel_is_recorded(graded) -> None:
 def test_deleting_files_touches_only_its_own_copy(graded) -> None:
     rows, folder = graded
     assert rows["deletes_files.ipynb"]["a"] == "1.00"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.ipynb")) == sorted(
         [*FAKE_SUBMISSIONS, "not_a_notebook.ipynb"])
     assert nbformat.read(folder / "deletes_files.ipynb", as_version=4).cells
 
 
 def test_a_syntax_error_and_an_unreadable_file_are_reported(graded) -> None:
     rows, _ = graded
-    assert "cell 1: SyntaxError" in rows["syntax_error.ipynb"]["errors"]
-    assert rows["syntax_error.ipynb"]["a"] == "1.00"
+    assert "cell 1: SyntaxError" in rows["late/syntax_error.ipynb"]["errors"]
+    assert rows["late/syntax_error.ipynb"]["a"] == "1.00"
     assert "not a readable notebook" in rows["not_a_notebook.ipynb"]["errors"]
 
 
