@@ -292,6 +292,15 @@ def test_a_crashing_function_gets_a_message_naming_the_line() -> None:
     assert "raised RuntimeError" in result.message and "return image_emb @ text_emb" in result.message
 
 
+def test_an_error_inside_torch_is_traced_back_to_the_students_line() -> None:
+    def wrong_targets(image_emb, text_emb, logit_scale):
+        logits = _logits(image_emb, text_emb, logit_scale)
+        return F.cross_entropy(logits, torch.ones(len(logits)))   # float targets of the wrong kind
+
+    message = check_exercise("a", wrong_targets, verbose=False).message
+    assert "raised in wrong_targets" in message and "F.cross_entropy(logits" in message
+
+
 def test_returning_none_is_explained() -> None:
     def forgets_return(patch_emb, text_emb):
         grading.reference_pacl_compatibility(patch_emb, text_emb)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -197,8 +198,14 @@ def _tensors(values: Sequence[object]) -> list[torch.Tensor]:
     return [v for v in values if isinstance(v, torch.Tensor)]
 
 
+# Frames in these files are not the student's: this module, and torch's internals.
+_NOT_STUDENT_CODE = (__file__, os.path.dirname(torch.__file__))
+
+
 def _where_it_raised(error: BaseException) -> str:
-    frames = traceback.extract_tb(error.__traceback__)
+    """`` (raised in f, line n: `code`)`` for the last frame of the student's own code."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith(_NOT_STUDENT_CODE)]
     if not frames:
         return ""
     last = frames[-1]
