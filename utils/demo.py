@@ -1,9 +1,15 @@
 """The course's main job on the synthetic set: ``python -m utils.demo`` (what ``make demo`` runs).
 
-Generate the captioned-shapes dataset if absent -> train a WordPiece tokenizer on the training
-captions -> train a small CLIP from scratch on CPU -> embed the test split -> retrieval recall@K ->
-``metrics.json``, figures and the trained model (``clip/``, for PACL) under one output folder ->
-a summary table on stdout.
+The whole course in one run, on CPU:
+
+1. CLIP: generate the captioned-shapes dataset if absent -> train a WordPiece tokenizer on the
+   training captions -> train a small CLIP from scratch -> retrieval recall@K on the test split.
+2. PACL: freeze that CLIP, cache its patch and text embeddings once, train the vision embedder.
+3. Segmentation: segment the test split with raw CLIP patches and with PACL (entropy threshold
+   tuned on the dev split) -> mIoU against the generator's masks.
+
+Everything lands under one output folder: ``metrics.json``, figures, the trained CLIP (``clip/``)
+and PACL (``pacl/``); a summary table goes to stdout.
 """
 
 from __future__ import annotations
@@ -18,25 +24,47 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from utils.backbones import CourseCLIPBackbone
 from utils.data import (
     CaptionCollator,
+    DatasetFiles,
     build_transform,
     load_image,
     load_split,
     locate_dataset,
 )
 from utils.evaluation import SplitEmbeddings, embed_split
+from utils.feature_cache import cache_features, pacl_feature_loader
 from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
 from utils.models import CLIP, CLIPConfig, save_clip
-from utils.synthetic import ensure_captioned_shapes
+from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
+from utils.pacl_io import BACKBONE_KEY, save_pacl
+from utils.prompts import synthetic_object_words, training_texts
+from utils.segmentation import Segmenter, best_threshold, run_segmentation
+from utils.synthetic import CLASS_NAMES, ensure_captioned_shapes
 from utils.tokenization import train_wordpiece_tokenizer
-from utils.train import TrainConfig, clip_batch_loss, clip_parameter_groups, fit, seed_everything
+from utils.train import (
+    History,
+    TrainConfig,
+    clip_batch_loss,
+    clip_parameter_groups,
+    fit,
+    seed_everything,
+)
 from utils.viz import (
     plot_retrieval_gallery,
     plot_similarity_matrix,
     plot_training_curves,
     save_figure,
 )
+from utils.viz_segmentation import (
+    lowest_scores,
+    plot_methods_side_by_side,
+    plot_miou_bars,
+    plot_worst_cases,
+)
+
+SHAPE_CLASSES = list(CLASS_NAMES[1:])  # what segmentation looks for; 0 is the background
 
 
 @dataclass
@@ -49,6 +77,8 @@ class DemoConfig:
     num_dev: int = 1000
     num_test: int = 1000
     image_size: int = 64
+    cnn_width: int = 64
+    attention_pool: bool = True
     epochs: int = 15
     batch_size: int = 64
     encoder_lr: float = 2e-3
@@ -58,6 +88,11 @@ class DemoConfig:
     max_length: int = 48
     embed_dim: int = 128
     dropout: float = 0.0              # no dropout: 15 short epochs are too few to overfit
+    clip_only: bool = False           # stop after CLIP (notebooks that only need the CLIP)
+    pacl_epochs: int = 4
+    pacl_batch_size: int = 64
+    pacl_lr: float = 1e-2
+    seg_tune_images: int = 300        # dev images used to tune the entropy threshold
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
@@ -65,8 +100,8 @@ class DemoConfig:
     @classmethod
     def fast(cls, **overrides) -> DemoConfig:
         """A minutes-to-seconds version for smoke tests: a small dataset, few epochs."""
-        return replace(cls(num_train=600, num_dev=100, num_test=200, epochs=8, batch_size=32),
-                       **overrides)
+        return replace(cls(num_train=600, num_dev=100, num_test=200, epochs=8, batch_size=32,
+                           pacl_epochs=2, pacl_batch_size=32, seg_tune_images=100), **overrides)
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -85,7 +120,8 @@ def run_demo(config: DemoConfig) -> dict:
     tokenizer = train_wordpiece_tokenizer(
         [c for _, captions in train_items for c in captions], vocab_size=config.vocab_size)
 
-    model = CLIP(CLIPConfig(image_size=config.image_size, embed_dim=config.embed_dim,
+    model = CLIP(CLIPConfig(image_size=config.image_size, cnn_width=config.cnn_width,
+                            attention_pool=config.attention_pool, embed_dim=config.embed_dim,
                             dropout=config.dropout,
                             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                             max_length=config.max_length))
@@ -129,10 +165,70 @@ def run_demo(config: DemoConfig) -> dict:
     }
     save_clip(out_dir / "clip", model, tokenizer)
     write_figures(out_dir, history, test, files.images_dir)
+    if not config.clip_only:
+        backbone = CourseCLIPBackbone(model, tokenizer)
+        pacl, pacl_history = train_pacl(config, backbone, files, train_items, out_dir)
+        metrics["pacl"] = {"first_train_loss": pacl_history.steps[0]["loss"],
+                           "final_train_loss": float(np.mean([s["loss"] for s in
+                                                              pacl_history.steps[-10:]])),
+                           "final_logit_scale": pacl.logit_scale.item(),
+                           "seconds": time.perf_counter() - started - train_seconds}
+        metrics["segmentation"] = evaluate_segmentation(config, backbone, pacl, files, dev_items,
+                                                        test_items, out_dir)
     metrics["total_seconds"] = time.perf_counter() - started
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "history.json").write_text(json.dumps(history.to_dict()))
     return metrics
+
+
+def train_pacl(config: DemoConfig, backbone: CourseCLIPBackbone, files: DatasetFiles,
+               train_items: list, out_dir: Path) -> tuple[PACL, History]:
+    """PACL on the frozen CLIP: training texts -> feature cache -> vision embedder -> ``pacl/``.
+
+    Each image's texts are its captions plus its objects ("circle", "red circle") in a prompt
+    template, as the paper augments captions with the nouns they name.
+    """
+    objects = json.loads((files.root / "objects.json").read_text())
+    rng = np.random.default_rng(config.seed)
+    items = [(name, training_texts(captions, synthetic_object_words(objects, name), rng=rng))
+             for name, captions in train_items]
+    cache = cache_features(backbone, files.images_dir, items, config.image_size,
+                           out_dir / "cache", "captioned-shapes-train", progress=config.progress)
+    seed_everything(config.seed)
+    pacl = PACL(config.embed_dim)
+    history = fit(pacl, pacl_parameter_groups(pacl, config.pacl_lr),
+                  pacl_feature_loader(cache, config.pacl_batch_size), pacl_batch_loss,
+                  TrainConfig(epochs=config.pacl_epochs, seed=config.seed, eval_every=0,
+                              progress=config.progress))
+    pacl.eval()
+    save_pacl(out_dir / "pacl", pacl, meta={BACKBONE_KEY: backbone.cache_key, "backbone": "course",
+                                            "image_size": config.image_size,
+                                            "grid_shape": list(cache.grid_shape)})
+    return pacl, history
+
+
+def evaluate_segmentation(config: DemoConfig, backbone: CourseCLIPBackbone, pacl: PACL,
+                          files: DatasetFiles, dev_items: list, test_items: list,
+                          out_dir: Path) -> dict:
+    """Raw CLIP patches vs PACL on the test split: the entropy threshold of each method is tuned
+    on (part of) the dev split, then mIoU is measured on the test split's masks."""
+    masks_dir = files.root / "masks"
+    dev_names = [name for name, _ in dev_items][:config.seg_tune_images]
+    test_names = [name for name, _ in test_items]
+    results, runs = {}, {}
+    for method in ("raw", "pacl"):
+        segmenter = Segmenter(backbone, SHAPE_CLASSES, method=method, pacl=pacl)
+        tuning = run_segmentation(segmenter, files.images_dir, masks_dir, dev_names,
+                                  config.image_size, progress=config.progress)
+        segmenter.threshold = best_threshold(tuning, segmenter)
+        runs[method] = (segmenter, run_segmentation(segmenter, files.images_dir, masks_dir,
+                                                    test_names, config.image_size,
+                                                    progress=config.progress))
+        results[method] = {"threshold": segmenter.threshold,
+                           **runs[method][1].metrics(segmenter)}
+    write_segmentation_figures(out_dir, runs, files.images_dir)
+    return {"classes": ["background", *SHAPE_CLASSES], "num_test_images": len(test_names),
+            "methods": results}
 
 
 def write_figures(out_dir: Path, history, test: SplitEmbeddings, images_dir: Path,
@@ -160,6 +256,31 @@ def write_figures(out_dir: Path, history, test: SplitEmbeddings, images_dir: Pat
                 out_dir / "retrieval_gallery.png")
 
 
+def write_segmentation_figures(out_dir: Path, runs: dict, images_dir: Path,
+                               examples: int = 4) -> None:
+    """mIoU bars, a few test images segmented by every method, and PACL's worst cases."""
+    save_figure(plot_miou_bars({method: run.metrics(segmenter)["mIoU"]
+                                for method, (segmenter, run) in runs.items()},
+                               title="synthetic test split: mIoU (background included)"),
+                out_dir / "segmentation_miou.png")
+    segmenter, run = runs["pacl"]
+    names = run.image_names
+    images = [load_image(images_dir / name) for name in names[:examples]]
+    masks = {method: other_run.masks(other_segmenter)[:examples].numpy()
+             for method, (other_segmenter, other_run) in runs.items()}
+    for i, image in enumerate(images):
+        save_figure(plot_methods_side_by_side(image, {m: masks[m][i] for m in masks},
+                                              SHAPE_CLASSES, run.targets[i].numpy()),
+                    out_dir / f"segmentation_example_{i}.png")
+    per_image = run.per_image_miou(segmenter)
+    worst = lowest_scores(per_image, 6)
+    save_figure(plot_worst_cases([load_image(images_dir / names[i]) for i in worst],
+                                 run.masks(segmenter)[worst].numpy(), run.targets[worst].numpy(),
+                                 SHAPE_CLASSES, [per_image[i] for i in worst],
+                                 names=[names[i] for i in worst]),
+                out_dir / "segmentation_worst_cases.png")
+
+
 def format_summary(metrics: dict) -> str:
     """A small table of the test metrics for the terminal."""
     test = metrics["test"]
@@ -170,8 +291,16 @@ def format_summary(metrics: dict) -> str:
         lines.append(f"{direction.replace('_', ' '):<16}" + "".join(
             f"{test[f'{direction}_R@{k}']:>8.3f}" for k in (1, 5, 10)))
     lines.append(f"chance text->image R@1: {metrics['chance_text_to_image_R@1']:.4f}   "
-                 f"logit scale: {metrics['final_logit_scale']:.1f}   "
-                 f"total time: {metrics['total_seconds']:.0f} s")
+                 f"logit scale: {metrics['final_logit_scale']:.1f}")
+    if "segmentation" in metrics:
+        segmentation = metrics["segmentation"]
+        lines += ["", f"Segmentation of the synthetic test split ({segmentation['num_test_images']}"
+                      " images, background + 5 shapes)",
+                  f"{'method':<16}{'mIoU':>8}{'pixel acc':>11}{'threshold':>11}"]
+        for method, result in segmentation["methods"].items():
+            lines.append(f"{method:<16}{result['mIoU']:>8.3f}{result['pixel_accuracy']:>11.3f}"
+                         f"{result['threshold']:>11.2f}")
+    lines.append(f"total time: {metrics['total_seconds']:.0f} s")
     return "\n".join(lines)
 
 
@@ -182,9 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=DemoConfig.data_root, help="synthetic dataset folder")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--fast", action="store_true", help="tiny smoke run (seconds)")
+    parser.add_argument("--clip-only", action="store_true", help="stop after training CLIP")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    overrides = dict(out_dir=args.out, data_root=args.data, progress=not args.no_progress)
+    overrides = dict(out_dir=args.out, data_root=args.data, progress=not args.no_progress,
+                     clip_only=args.clip_only)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     config = DemoConfig.fast(**overrides) if args.fast else replace(DemoConfig(), **overrides)
