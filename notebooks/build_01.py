@@ -944,7 +944,7 @@ so there it only trains in one process.
 
 code(r"""
 script = repo_root() / "scripts" / "train_distributed.py"
-gpus = max(torch.cuda.device_count(), 2)   # on a CPU-only machine: 2 CPU processes (gloo)
+gpus = torch.cuda.device_count() or 2   # one process per GPU; without GPUs, 2 on the CPU
 arguments = (f"{script} --data-root {DATA_DIR / 'captioned_shapes'} "
              f"--out-dir {OUT_DIR / 'distributed'} --batch-size {BATCH_SIZE}")
 print("one machine:\n"

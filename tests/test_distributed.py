@@ -30,6 +30,8 @@ from utils.data import (
     locate_dataset,
 )
 from utils.distributed import (
+    broadcast_from_rank_0,
+    data_parallel,
     gathered_clip_loss,
     gathered_pacl_loss,
     mean_across_processes,
@@ -178,16 +180,16 @@ def worker(rank: int, port: int, folder: Path, tokenizer) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
     try:
-        torch.save(worker_losses(rank, folder, tokenizer), folder / f"losses_rank{rank}.pt")
+        torch.save(worker_losses(folder, tokenizer) | {
+            "broadcast": broadcast_from_rank_0(f"from rank {rank}")},
+            folder / f"losses_rank{rank}.pt")
         worker_training(rank, folder, tokenizer)
     finally:
         dist.destroy_process_group()
 
 
-def worker_losses(rank: int, folder: Path, tokenizer) -> dict:
+def worker_losses(folder: Path, tokenizer) -> dict:
     """Gathered CLIP and PACL losses of this process's half of the global batch, with DDP."""
-    from utils.distributed import data_parallel
-
     dataset, collator = shapes_data(folder / "shapes", tokenizer)
     clip = tiny_vit_clip(len(tokenizer))
     local = collator([dataset[i] for i in clip_batch_indices(dataset)[own_rows(LOCAL_BATCH)]])
@@ -295,6 +297,10 @@ def test_pacl_loss_and_every_gradient_equal_the_single_process_ones(runs):
     for result in runs["losses"]:
         torch.testing.assert_close(result["pacl"]["loss"], expected["loss"])
         assert_same_tensors(result["pacl"]["grads"], expected["grads"])
+
+
+def test_what_rank_0_broadcasts_reaches_every_process(runs):
+    assert [result["broadcast"] for result in runs["losses"]] == ["from rank 0"] * WORLD
 
 
 def test_alone_the_gathered_losses_are_the_plain_ones(runs):

@@ -123,7 +123,6 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
     """
     device = resolve_device(config.device)
     model.to(device)
-    training_step = data_parallel(model, loss_fn, device)   # forward(batch) -> loss
     main = is_main_process()
     use_amp = config.amp and device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups)
@@ -136,6 +135,7 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
     checkpoint = latest_checkpoint(config.checkpoint_dir) if resume and config.checkpoint_dir else None
     if checkpoint is not None:
         start_epoch, history = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
+    training_step = data_parallel(model, loss_fn, device)   # forward(batch) -> loss
 
     epochs = tqdm(range(start_epoch, config.epochs), desc="epochs",
                   disable=not (config.progress and main), initial=start_epoch, total=config.epochs)
@@ -226,7 +226,9 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"{path} holds no model.safetensors: not a checkpoint folder")
     load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
-    state = torch.load(path / "state.pt", weights_only=True)
+    # Saved by rank 0 from cuda:0, the state would land on cuda:0 in every process. Read to the
+    # CPU instead: the optimiser moves its moments next to their parameters itself.
+    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None:
             obj.load_state_dict(state[key])
