@@ -200,9 +200,16 @@ def worker_losses(folder: Path, tokenizer) -> dict:
     batch, image_text_ids = pacl_batch()
     step = data_parallel(pacl, gathered_pacl_loss(image_text_ids), torch.device("cpu"))
     pacl_result = loss_and_grads(pacl, step(local_part(batch)))
-    for result in (clip_result, pacl_result):
+
+    # Without positives: the targets are the identity, offset by the rank.
+    pacl = tiny_pacl()
+    step = data_parallel(pacl, gathered_pacl_loss(), torch.device("cpu"))
+    del batch["positives"]
+    identity_result = loss_and_grads(pacl, step(local_part(batch)))
+    results = {"clip": clip_result, "pacl": pacl_result, "pacl_identity": identity_result}
+    for result in results.values():
         result["loss"] = mean_across_processes(result["loss"])
-    return {"clip": clip_result, "pacl": pacl_result}
+    return results
 
 
 def worker_training(rank: int, folder: Path, tokenizer) -> None:
@@ -288,15 +295,19 @@ def test_clip_loss_and_every_gradient_equal_the_single_process_ones(runs):
         assert_same_tensors(result["clip"]["grads"], expected["grads"])
 
 
-def test_pacl_loss_and_every_gradient_equal_the_single_process_ones(runs):
+@pytest.mark.parametrize("with_positives", [True, False])
+def test_pacl_loss_and_every_gradient_equal_the_single_process_ones(runs, with_positives):
     batch, _ = pacl_batch()
     assert batch["positives"][:LOCAL_BATCH, LOCAL_BATCH:].any()
+    if not with_positives:
+        del batch["positives"]
     pacl = tiny_pacl()
     expected = loss_and_grads(pacl, pacl_batch_loss(pacl, batch))
     assert expected["grads"].keys() == {n for n, _ in pacl.named_parameters()}
+    key = "pacl" if with_positives else "pacl_identity"
     for result in runs["losses"]:
-        torch.testing.assert_close(result["pacl"]["loss"], expected["loss"])
-        assert_same_tensors(result["pacl"]["grads"], expected["grads"])
+        torch.testing.assert_close(result[key]["loss"], expected["loss"])
+        assert_same_tensors(result[key]["grads"], expected["grads"])
 
 
 def test_what_rank_0_broadcasts_reaches_every_process(runs):
