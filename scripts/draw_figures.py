@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the course 
 import torch  # noqa: E402
 
 from utils.backbones import CourseCLIPBackbone  # noqa: E402
-from utils.data import load_image, load_split, locate_dataset  # noqa: E402
+from utils.data import DatasetFiles, load_image, load_split, locate_dataset  # noqa: E402
 from utils.models import load_clip  # noqa: E402
 from utils.pacl_io import load_pacl  # noqa: E402
 from utils.segmentation import (  # noqa: E402
@@ -455,7 +455,7 @@ def read_demo_metrics(demo_dir: Path) -> dict:
     return metrics
 
 
-def images_with_several_shapes(files, count: int) -> list[str]:
+def images_with_several_shapes(files: DatasetFiles, count: int) -> list[str]:
     """The first ``count`` test images whose ground truth holds two or more shape classes: the
     ones where a heatmap has to tell shapes apart, not only find one."""
     names = []
