@@ -236,7 +236,8 @@ def draw_pacl_architecture(ax: Axes, n: int = 3) -> None:
     patch_grid(ax, 8.0, iy, side, colour="#f8cfa6")
     ax.text(9.0, iy - 0.15, "$P$ patch tokens [P, D]", ha="center", va="top", fontsize=9.5)
     box(ax, 10.7, iy - 0.2, 5.6, 2.4, "vision embedder $e_v$ (trained)\n"
-        "Linear$(x)$ + Linear-ReLU-Linear$(x)$\n≈0.8M parameters at D = 512", MATCH_COLOUR, 9.5)
+        "Linear$(x)$ + Linear-ReLU-Linear$(x)$\napplied to every patch\n"
+        "≈0.8M parameters at D = 512", MATCH_COLOUR, 9)
     patch_grid(ax, 16.9, iy, side, colour=IMAGE_COLOUR)
     ax.text(17.9, iy - 0.15, "$e_v(\\mathrm{patch}_i)$ [P, D]", ha="center", va="top",
             fontsize=9.5)
