@@ -22,9 +22,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from utils.atomic import atomic_folder, write_text_atomic
-from utils.distributed import barrier, data_parallel, is_main_process, mean_across_processes
+from utils.distributed import (
+    barrier,
+    data_parallel,
+    is_main_process,
+    mean_across_processes,
+    rank,
+)
 from utils.losses import clip_loss
 
+RANK_SEED_STRIDE = 1_000_003   # far apart from seed + epoch, so no two (rank, epoch) pairs collide
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 EvalFn = Callable[[nn.Module], dict]
 
@@ -110,8 +117,8 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
         config: TrainConfig, evaluate: EvalFn | None = None, resume: bool = False) -> History:
     """Train ``model`` for ``config.epochs`` epochs and return its :class:`History`.
 
-    Each epoch starts by seeding torch with ``seed + epoch``, so shuffling, caption sampling and
-    dropout depend only on the epoch: a run resumed from an epoch's checkpoint continues exactly as
+    Each epoch starts by seeding torch with ``seed + epoch`` (plus an offset per process), so
+    shuffling, caption sampling and dropout depend only on the epoch: a run resumed from an epoch's checkpoint continues exactly as
     the uninterrupted run would have (on CPU). With ``resume=True`` the newest checkpoint in
     ``config.checkpoint_dir`` (if any) restores weights, optimiser, schedule and history.
 
@@ -140,7 +147,9 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
     epochs = tqdm(range(start_epoch, config.epochs), desc="epochs",
                   disable=not (config.progress and main), initial=start_epoch, total=config.epochs)
     for epoch in epochs:
-        seed_everything(config.seed + epoch)
+        # Each process draws its own captions and augmentations (the same seed everywhere would
+        # give the k-th sample of every shard the same crop); rank 0 alone is the 1-process run.
+        seed_everything(config.seed + epoch + RANK_SEED_STRIDE * rank())
         _set_sampler_epoch(train_loader, epoch)
         training_step.train()
         batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False,
