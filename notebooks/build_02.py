@@ -5,10 +5,9 @@
 As for notebook 01, the cells live here as plain strings so that a change reads as a normal diff;
 the notebook is the artefact users open. Edit this file and re-run it.
 
-Status: a draft, not yet generated into the repository. The numbers its prose quotes (sections 6,
-8 and the closing section) were measured on notebook 01's earlier offline CLIP (12 epochs, batch
-256), which barely learnt shapes; notebook 01 now trains longer and learns shapes much better.
-Re-run the full offline notebook, rewrite those paragraphs from what it prints, then generate.
+The numbers the prose quotes come from one full offline run of the generated notebook (without
+``CLIP_PACL_FAST``) on the CPU, with the CLIP that ``utils.demo.DemoConfig``'s defaults train.
+When those defaults or the PACL recipe change, run the notebook again in full and update them.
 """
 
 from __future__ import annotations
@@ -45,9 +44,9 @@ image-caption pairs CLIP learned from. In this notebook you will:
 | frozen CLIP | the course's CLIP from notebook 01 (tiny CNN, 16 × 16 grid at 64 px) | OpenAI CLIP ViT-B/16 (14 × 14 patches at 224 px), the paper's backbone |
 | data | captioned shapes, with masks | Flickr8k (no masks: maps are shown, not scored) |
 
-`CLIP_PACL_FAST=1` turns on FAST mode: a smoke run of about a minute on the small synthetic set,
-with a CLIP that has had only a few epochs. Its numbers sit near chance and only show that every
-step works. The observations written below come from the full offline run.
+`CLIP_PACL_FAST=1` turns on FAST mode: a smoke run of a minute or two on the small synthetic set,
+with a CLIP that has had only a few epochs. Its numbers only show that every step works. Read the
+printed numbers and the plots of your own run: the notes after each of them say what to look for.
 """)
 
 md("""
@@ -125,6 +124,7 @@ Offline, the frozen backbone is the course's CLIP that notebook 01 saved to
 """)
 
 code("""
+# Parameters
 FAST = fast_mode()                        # CLIP_PACL_FAST=1: small synthetic set, few epochs
 BACKBONE = "openai" if IN_COLAB and not FAST else "course"
 DATASET = "flickr8k" if BACKBONE == "openai" else "synthetic"
@@ -134,7 +134,7 @@ if BACKBONE == "openai":                  # Colab: the paper's backbone, 224 px,
     EPOCHS, BATCH_SIZE, LR = 10, 128, 1e-3
 else:                                     # offline: the course's CLIP, D = 128
     IMAGE_SIZE = None                     # the size the CLIP was trained at (read from it below)
-    EPOCHS, BATCH_SIZE, LR = (4, 64, 1e-2) if FAST else (5, 64, 1e-2)
+    EPOCHS, BATCH_SIZE, LR = 4, 64, 1e-2  # as `make demo`
 
 SEED = 0
 NUM_WORKERS = 2 if IN_COLAB else 0
@@ -152,13 +152,14 @@ md("""
 ## 1 · The frozen CLIP
 
 PACL never changes CLIP: both encoders stay frozen. What it needs from CLIP is three things,
-which `utils.pacl` wraps behind one interface (`FrozenBackbone`) for the course's model and for
+which `utils.backbones` wraps behind one interface (`FrozenBackbone`) for the course's model and for
 Hugging Face's:
 
 - `patch_embeddings(images)`: one vector per patch, `[B, P, D]`, already in CLIP's joint space. For
   a ViT these are the patch tokens after the final layer norm and the visual projection, which CLIP
-  itself only applies to the class token. For the course's CNN they are the cells of the last
-  feature map, each sent through the image projection head;
+  itself only applies to the class token. For the course's CNN they are the *values* of its attention
+  pool, one per cell of the last feature map (the pooled image vector is a weighted average of
+  them, as in CLIP's ResNets), each sent through the image projection head;
 - `text_embeddings(texts)`: one unit vector per text, `[T, D]`;
 - `image_embeddings(images)`: CLIP's own image vector, `[B, D]`, for the comparison at the end.
 
@@ -178,7 +179,7 @@ else:
         make_config = DemoConfig.fast if FAST else DemoConfig
         size = "fast" if FAST else "full"
         run_demo(make_config(data_root=str(synthetic_dataset(FAST)), out_dir=str(CLIP_DIR.parent),
-                             **SYNTHETIC_SIZES[size]))
+                             clip_only=True, **SYNTHETIC_SIZES[size]))
     clip_model, clip_tokenizer = load_clip(CLIP_DIR, device=DEVICE)
     backbone = CourseCLIPBackbone(clip_model, clip_tokenizer)
     IMAGE_SIZE = clip_model.config.image_size
@@ -305,20 +306,17 @@ print(f"maps of different words on the same image correlate at {prompt_agreement
 
 md("""
 Read the rows across. If the maps localised, the "circle" map would light up the circle and the
-"star" map the star. On the course's CLIP trained in notebook 01 (full offline run) they do not:
+"star" map the star, and the maps of different words on one image would differ. The printed
+correlation measures that: near 1, the maps of one image are copies of each other whatever the
+word, so they describe the patches, not the word.
 
-- the maps of one image are near copies of each other whatever the word (the correlation printed
-  above was 0.99), so they say something about the patches, not about the word;
-- their bright cells lie on the *background*, their dark ones on the shapes.
-
+Nothing in CLIP's training asks for more. The loss only ever compares the *pooled* vector (a ViT's
+class token; for the course's CNN, the attention pool's weighted average of the patch values)
+with captions. A single patch sent through the same projection head is an input the head never
+saw on its own, and its cosine with a caption is a by-product: it can be right where the pool
+happened to rely on that patch, and arbitrary elsewhere. The PACL paper reports that segmenting
+with raw CLIP ViT-B/16 patch tokens works poorly (VOC-20 mIoU about 42, against 72 with PACL).
 (In FAST mode the CLIP is nearly untrained and the maps are noise.)
-
-Nothing in CLIP's training shaped these cosines. The loss only ever compared the pooled vector
-(here, the projection of the averaged grid) with captions; a single patch sent through the same
-projection head is an input the head never saw during training, and its cosine with a caption is
-a by-product. A ViT's patch tokens are in the same position: only its class token meets the
-captions. The PACL paper likewise reports that segmenting with raw CLIP ViT-B/16 patch tokens
-works poorly.
 """)
 
 # ================================================================================================
@@ -479,15 +477,15 @@ show(plot_training_curves(history.steps))
 """)
 
 md("""
-- **Loss.** It starts at or a little above ln(batch size), the loss of a uniform guess: on the
-  frozen patches (the identity embedder) the compatibility tells the texts of a batch apart no
-  better than chance. In the full offline run it fell fast in the first few dozen steps and then
-  slowly, from 4.4 to about 2.9 after five epochs. It stays well above zero, partly because
-  several texts of a batch are often true of one image.
+- **Loss.** Compare its start with ln(batch size), printed above: that is the loss of a uniform
+  guess. On the frozen patches (the identity embedder) the compatibility tells the texts of a
+  batch apart little better than chance, so the first steps sit close to it. It should then fall
+  quickly and flatten; it stays well above zero, partly because several texts of a batch are
+  often true of one image and the target spreads over all of them.
 - **Learning rate.** A short warm-up, then a cosine decay to zero.
-- **Logit scale.** The learnt sharpness of the softmax over the batch. In the full offline run it
-  dipped for a few steps, then rose steadily from 14 to 23 as the compatibilities became more
-  reliable. In FAST mode (36 steps) none of the curves has time to go far.
+- **Logit scale.** The learnt sharpness of the softmax over the batch; it rises as the
+  compatibilities become reliable enough to be trusted. In FAST mode (36 steps) none of the
+  curves has time to go far.
 """)
 
 # ================================================================================================
@@ -551,21 +549,13 @@ show(panel_grid(rows, ["image", "where it is true", "frozen CLIP", "after PACL"]
 """)
 
 md("""
-What we saw in the full offline run:
-
-- **Colour words turn around.** Before PACL, the maps of "orange shape" or "red shape" are
-  bright over much of the background and dark on the objects, like the maps in section 2. After
-  it, the object of that colour is the brightest part of the map and the objects of other colours
-  are the darkest. The maps stay blurry: a cell
-  of the course CNN sees about 40 of the image's 64 pixels.
-- **Shape words change, but do not localise.** After PACL the maps for "square" or "star" no
-  longer look like the frozen ones, yet they do not single out the named shape either. The
-  frozen course CLIP hardly knows shapes (its zero-shot shape accuracy in section 7 is close to
-  chance) while it knows colours very well, and PACL can only align what the backbone's patches
-  already encode: it trains a small head, not the encoder.
-
-In FAST mode the backbone is nearly untrained, so none of this shows. The next cell measures the
-same thing on every test image instead of three.
+What to look for: in the last column, the bright cells should sit inside the white region of the
+second column, and more tightly than in the third. The maps stay blurry whatever happens: each
+cell of the course CNN's 16 × 16 grid sees a wide window of the 64-pixel image. And PACL can only
+align what the frozen patches already encode: it trains a small head, not the encoder, so a word
+the backbone never learnt to recognise (compare its zero-shot accuracy in section 7) will not
+light up the right place however long the embedder trains. Three images are anecdotes; the next
+cell measures the same thing on every test image.
 
 **Localisation AUC.** For a map and the pixels where its word is true: the probability that a
 random pixel inside scores higher than a random pixel outside (maps bilinearly upsampled to the
@@ -611,12 +601,13 @@ else:
 """)
 
 md("""
-In the full offline run the templated colour words went from an AUC of 0.46 (no better than a
-map that knows nothing) to 0.95, while the shape words went from 0.12 to 0.26: less wrong, still
-pointing more at the rest of the image than at the shape. The caption wording "something red"
-also improved (0.31 to 0.81), but less than the templated colour words. PACL's object words
-(section 4) were all wrapped in these templates, and they are the prompts it serves best here:
-that is why the paper, and notebook 03, build segmentation prompts from templates.
+Read each row from left to right: the AUC of the frozen patches, then after PACL. A gain means
+the embedder moved the maps towards the right pixels; a value below 0.5 means the map points at
+the wrong place (often the background). The third row uses a wording PACL's object prompts never
+had (section 4 wraps every object word in a template): compare it with the templated colour row
+to see how much the prompt's form matters, which is why the paper, and notebook 03, build
+segmentation prompts from templates. (In FAST mode the backbone is barely trained: any gain there
+comes from the embedder alone.)
 """)
 
 # ================================================================================================
@@ -716,21 +707,20 @@ show(fig)
 """)
 
 md("""
-How to read it, with what we saw in the full offline run:
+How to read it:
 
-- **Left, localisation.** The gain is in the colour words; shape words stay below 0.5
-  (section 6).
-- **Right, image level.** CLIP's own image vector is the best whole-image score in every column
-  (PACL ties it on zero-shot colour). The compatibility on frozen patches is the worst at
-  retrieval (image→text R@1 0.08 against CLIP's 0.95 in the full offline run): its maps are near
-  copies of each other whatever the text (section 2), so it hardly tells captions apart. Training
-  the embedder recovers part of the gap (image→text R@1 0.53, text→image R@1 0.24 against CLIP's
-  0.29), not all of it.
-- **Zero-shot shape** is close to chance (0.2) for all three: the frozen course CLIP never learnt
-  shapes well, and no head on top of it adds that knowledge. **Zero-shot colour** is near perfect
-  for all three: colour is what this CLIP did learn.
+- **Left, localisation.** The table of section 6 as bars; the dashed line is a map that knows
+  nothing.
+- **Right, image level.** Three scores of the same images against the same texts. CLIP's own
+  image vector is what CLIP was trained for, so expect it to lead at retrieval. The compatibility
+  on frozen patches is what PACL starts from: if its maps are near copies of each other (section
+  2), it hardly tells captions apart. Training the embedder should recover part of that gap; how
+  much is the question PACL's paper answers with "it keeps zero-shot classification competitive"
+  on its much larger backbone.
+- **Zero-shot** shows what the backbone knows: no head trained on frozen features adds a concept
+  the backbone does not encode, so where CLIP is near chance, PACL will be too.
 
-So, on this backbone, PACL does not replace CLIP's image-level score: it adds a patch-level one.
+PACL does not aim to replace CLIP's image-level score: it adds a patch-level one.
 """)
 
 # ================================================================================================
@@ -761,19 +751,14 @@ print(f"saved {sorted(p.name for p in pacl_folder.iterdir())} to {pacl_folder}; 
 md("""
 ## What PACL changes, and what it does not
 
-From what this notebook measured on the offline course CLIP (full run):
-
-- **It changes where a word lights up.** The frozen CLIP's patch maps were nearly the same for
-  every word and brightest on the background. After a few minutes of training a small embedder
-  (about 50,000 parameters for D = 128), without a single mask, the maps of colour words point at
-  the objects of that colour (localisation AUC 0.46 → 0.95). Notebook 03 turns such maps into
-  segmentation masks.
+- **It changes where a word lights up.** A small embedder (about 50,000 parameters for D = 128),
+  trained on image-text pairs without a single mask, reshapes the patch maps: section 6 measures
+  by how much, word kind by word kind. Notebook 03 turns such maps into segmentation masks.
 - **It does not add knowledge the backbone lacks.** Everything PACL aligns must already be in the
-  frozen patch features. Our small CLIP learnt colours but hardly shapes, and PACL's shape maps
-  stayed poor (AUC 0.12 → 0.26). The paper's segmentation results come from OpenAI's ViT-B/16,
-  trained on 400 million image-text pairs, whose patches encode far more.
-- **It does not improve image-level tasks here.** CLIP's own image vector still retrieves best
-  and classifies at least as well; PACL is an addition for dense tasks, not a replacement.
+  frozen patch features. The paper's segmentation results come from OpenAI's ViT-B/16, trained on
+  400 million image-text pairs, whose patches encode far more than the course's small CLIP.
+- **It is an addition, not a replacement.** For whole-image tasks CLIP's own image vector remains
+  the score it was trained to be (section 7).
 - **It is cheap.** Both encoders stay frozen, so their features are computed once and cached;
   training touches only the cache and the small embedder.
 
