@@ -238,14 +238,18 @@ scores = patch_text_similarity(patches, texts)                              # [1
 coarse = scores.reshape(1, len(CLASSES), *GRID)                             # [1, C, h, w]
 fine = F.interpolate(coarse, size=image.shape[:2], mode="bilinear",
                      align_corners=False)                                   # [1, C, H, W]
+top_two = fine[0].topk(2, dim=0).values                                     # [2, H, W]
 print(f"{name}: patches {tuple(patches.shape)} -> scores {tuple(scores.shape)} -> grid "
-      f"{tuple(coarse.shape)} -> pixels {tuple(fine.shape)}")
+      f"{tuple(coarse.shape)} -> pixels {tuple(fine.shape)}\\nmean gap between the best and the "
+      f"second-best class score of a pixel: {(top_two[0] - top_two[1]).mean():.3f}")
 show(plot_class_heatmaps(image, fine[0].numpy(), CLASSES))
 """)
 
 md("""
-Each heatmap should be brightest on the shape it names. The scores are cosines, and the
-differences between classes are small, often a few hundredths, so the next step sharpens them.
+Where the embedder has learnt a shape, its heatmap is brightest on that shape; where the maps
+look alike, the model cannot tell the classes apart there. The scores are cosines, and what
+decides a pixel is the *gap* between the best class and the runner-up (printed above), which is
+small next to the cosines' range of -1 to 1. The next step sharpens it.
 
 **Probabilities, argmax, background.** Multiplying the cosines by the logit scale learnt in
 training (PACL's own, or CLIP's for the raw patches) and taking a softmax over the classes gives
