@@ -502,8 +502,8 @@ without segmenting again. Two scores come out:
 """)
 
 code("""
-def tune_voc_threshold(voc_segmenter, samples, thresholds=np.linspace(0.05, 0.95, 19)):
-    # Segment each image once; try every threshold on its stored argmax and entropy.
+def tune_voc_threshold(voc_segmenter, samples):
+    # Segment each image once; try every threshold of section 3's curve on its argmax and entropy.
     confusions = torch.zeros(len(thresholds), 21, 21, dtype=torch.long)
     for sample in samples:
         probs, _ = voc_segmenter.segment_image(sample.image, IMAGE_SIZE)         # [C, H, W]
