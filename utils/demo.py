@@ -78,7 +78,7 @@ class DemoConfig:
     num_test: int = 1000
     image_size: int = 64
     cnn_width: int = 64
-    attention_pool: bool = True
+    attention_pool: bool = False      # average pooling: better text->image recall and patches here
     epochs: int = 15
     batch_size: int = 64
     encoder_lr: float = 2e-3
@@ -92,6 +92,7 @@ class DemoConfig:
     pacl_epochs: int = 4
     pacl_batch_size: int = 64
     pacl_lr: float = 1e-2
+    pacl_softmax_temperature: float | None = None   # None: the paper's plain cosines
     seg_tune_images: int = 300        # dev images used to tune the entropy threshold
     seed: int = 0
     num_workers: int = 0
@@ -146,7 +147,7 @@ def run_demo(config: DemoConfig) -> dict:
                                                config.weight_decay),
                   train_loader, clip_batch_loss,
                   TrainConfig(epochs=config.epochs, seed=config.seed, progress=config.progress,
-                              eval_every=max(1, config.epochs // 3)),
+                              eval_every=config.epochs),   # one dev evaluation, at the end
                   evaluate=validate)
     train_seconds = time.perf_counter() - started
 
@@ -195,7 +196,7 @@ def train_pacl(config: DemoConfig, backbone: CourseCLIPBackbone, files: DatasetF
     cache = cache_features(backbone, files.images_dir, items, config.image_size,
                            out_dir / "cache", "captioned-shapes-train", progress=config.progress)
     seed_everything(config.seed)
-    pacl = PACL(config.embed_dim)
+    pacl = PACL(config.embed_dim, softmax_temperature=config.pacl_softmax_temperature)
     history = fit(pacl, pacl_parameter_groups(pacl, config.pacl_lr),
                   pacl_feature_loader(cache, config.pacl_batch_size), pacl_batch_loss,
                   TrainConfig(epochs=config.pacl_epochs, seed=config.seed, eval_every=0,

@@ -150,14 +150,17 @@ class ImageEncoder(nn.Module):
         image_size: input side length; ViTs need it fixed.
         cnn_width: channels of the tiny CNN.
         attention_pool: CNNs pool their feature map with :class:`AttentionPool` (as CLIP's
-            ResNets do) instead of averaging it. ViTs always use their class token.
+            ResNets do) instead of averaging it. ViTs always use their class token. Off by
+            default: on the synthetic set (width 48, 15 epochs) it lowered text->image R@1 from
+            0.52 to 0.43, and its patch tokens picked the right shape for only 26 % of shape
+            pixels (chance 20 %) against 46 % for average pooling.
 
     Attributes:
         out_dim: channel width ``C`` of both views.
     """
 
     def __init__(self, kind: str = "tiny_cnn", pretrained: bool = False, image_size: int = 64,
-                 cnn_width: int = 64, attention_pool: bool = True):
+                 cnn_width: int = 64, attention_pool: bool = False):
         super().__init__()
         if kind not in IMAGE_ENCODERS:
             raise ValueError(f"unknown image encoder {kind!r}; choose one of {IMAGE_ENCODERS}")
@@ -294,7 +297,7 @@ class CLIPConfig:
     pretrained: bool = False
     image_size: int = 64
     cnn_width: int = 64               # channels of the tiny CNN
-    attention_pool: bool = True       # CNNs: CLIP's attention pooling (False: average pooling)
+    attention_pool: bool = False      # CNNs: CLIP's attention pooling instead of averaging
     embed_dim: int = 128
     dropout: float = 0.1
     init_temperature: float = 0.07    # CLIP: logit scale initialised to 1 / 0.07
