@@ -28,15 +28,17 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import numpy as np
 
 # Close to the short captions of the synthetic set ("a photo of ...", "an image of ...", "a circle"),
-# so the course's own tokenizer knows their words, and close to CLIP's usual prompts.
+# so the course's own tokenizer knows their words, and close to CLIP's usual prompts. No final
+# period: the synthetic captions have none, so a WordPiece tokenizer trained on them maps "." to
+# [UNK], a token the course CLIP never saw in training.
 PROMPT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image of a {}.",
-    "a drawing of a {}.",
-    "a photo of the {}.",
-    "there is a {}.",
-    "a {}.",
+    "a photo of a {}",
+    "a picture of a {}",
+    "an image of a {}",
+    "a drawing of a {}",
+    "a photo of the {}",
+    "there is a {}",
+    "a {}",
 )
 
 # Object nouns that Flickr8k captions use often, in singular form, grouped by theme.
