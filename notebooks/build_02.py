@@ -157,9 +157,9 @@ Hugging Face's:
 
 - `patch_embeddings(images)`: one vector per patch, `[B, P, D]`, already in CLIP's joint space. For
   a ViT these are the patch tokens after the final layer norm and the visual projection, which CLIP
-  itself only applies to the class token. For the course's CNN they are the *values* of its attention
-  pool, one per cell of the last feature map (the pooled image vector is a weighted average of
-  them, as in CLIP's ResNets), each sent through the image projection head;
+  itself only applies to the class token. For the course's CNN they are the cells of its last feature map
+  (the image vector is their average; with `attention_pool=True`, the attention pool's values),
+  each sent through the image projection head;
 - `text_embeddings(texts)`: one unit vector per text, `[T, D]`;
 - `image_embeddings(images)`: CLIP's own image vector, `[B, D]`, for the comparison at the end.
 
@@ -311,7 +311,7 @@ correlation measures that: near 1, the maps of one image are copies of each othe
 word, so they describe the patches, not the word.
 
 Nothing in CLIP's training asks for more. The loss only ever compares the *pooled* vector (a ViT's
-class token; for the course's CNN, the attention pool's weighted average of the patch values)
+class token; for the course's CNN, the average of its feature-map cells)
 with captions. A single patch sent through the same projection head is an input the head never
 saw on its own, and its cosine with a caption is a by-product: it can be right where the pool
 happened to rely on that patch, and arbitrary elsewhere. The PACL paper reports that segmenting
