@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig as HFCLIPConfig
-from transformers import CLIPModel
+from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip, tiny_hf_clip
 
 from utils.backbones import CourseCLIPBackbone, HFCLIPBackbone
-from utils.models import CLIP, CLIPConfig
 from utils.pacl import PACL
 from utils.prompts import format_prompt
 from utils.segmentation import (
@@ -28,39 +26,18 @@ from utils.segmentation import (
     upsample_scores,
 )
 from utils.synthetic import CLASS_NAMES, generate_captioned_shapes
-from utils.tokenization import train_wordpiece_tokenizer
-
-IMAGE_SIZE, EMBED_DIM = 32, 16
-CAPTIONS = ["a red circle", "a photo of a blue star", "two squares and a green cross",
-            "an image of a triangle", "a plain background", "a picture of a drawing"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_wordpiece_tokenizer(CAPTIONS, vocab_size=80)
+def course_backbone() -> CourseCLIPBackbone:
+    tokenizer = caption_tokenizer()
+    return CourseCLIPBackbone(course_clip(tokenizer), tokenizer)
 
 
 @pytest.fixture(scope="module")
-def course_backbone(tokenizer) -> CourseCLIPBackbone:
-    torch.manual_seed(0)
-    clip = CLIP(CLIPConfig(vocab_size=len(tokenizer), image_size=IMAGE_SIZE, embed_dim=EMBED_DIM))
-    return CourseCLIPBackbone(clip, tokenizer)
-
-
-@pytest.fixture(scope="module")
-def hf_backbone(tokenizer) -> HFCLIPBackbone:
-    torch.manual_seed(0)
-    special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-                   eos_token_id=tokenizer.sep_token_id)
-    config = HFCLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
-                         **special),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8),
-        projection_dim=EMBED_DIM)
-    config._attn_implementation = "eager"
-    return HFCLIPBackbone(CLIPModel(config), tokenizer)
+def hf_backbone() -> HFCLIPBackbone:
+    tokenizer = caption_tokenizer()
+    return HFCLIPBackbone(tiny_hf_clip(tokenizer), tokenizer)
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ class HFCLIPBackbone(FrozenBackbone):
         super().__init__(model, tokenizer,
                          max_length or model.config.text_config.max_position_embeddings, mean, std)
 
-    def _size_arguments(self, images: torch.Tensor) -> dict:
+    def size_arguments(self, images: torch.Tensor) -> dict:
         # Other input sizes need the position embeddings interpolated. The argument is passed only
         # then, so the model's own size also works with 4.x releases that lack it.
         native = self.model.config.vision_config.image_size
@@ -181,14 +181,14 @@ class HFCLIPBackbone(FrozenBackbone):
         """``[B, 3, H, W]`` -> ``[B, P, D]``: ``visual_projection(post_layernorm(patch tokens))``."""
         images = images.to(self.device)
         vision = self.model.vision_model
-        hidden = vision(pixel_values=images, **self._size_arguments(images)).last_hidden_state
+        hidden = vision(pixel_values=images, **self.size_arguments(images)).last_hidden_state
         return self.model.visual_projection(vision.post_layernorm(hidden[:, 1:]))
 
     @torch.no_grad()
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, D]`` unit-length CLIP image embeddings."""
         images = images.to(self.device)
-        output = self.model.get_image_features(pixel_values=images, **self._size_arguments(images))
+        output = self.model.get_image_features(pixel_values=images, **self.size_arguments(images))
         return F.normalize(_features(output), dim=-1)
 
     def _encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -80,7 +80,7 @@ def maskclip_patch_embeddings(backbone: HFCLIPBackbone, images: torch.Tensor) ->
     images = images.to(backbone.device)
     vision = backbone.model.vision_model
     hidden = vision(pixel_values=images, output_hidden_states=True,
-                    **backbone._size_arguments(images)).hidden_states[-2]   # input of the last block
+                    **backbone.size_arguments(images)).hidden_states[-2]   # input of the last block
     block = vision.encoder.layers[-1]
     attention = block.self_attn
     hidden = hidden + attention.out_proj(attention.v_proj(block.layer_norm1(hidden)))
