@@ -170,6 +170,7 @@ class HFCLIPBackbone(FrozenBackbone):
                          max_length or model.config.text_config.max_position_embeddings, mean, std)
 
     def size_arguments(self, images: torch.Tensor) -> dict:
+        """Extra keyword arguments the vision model needs for ``images``' size."""
         # Other input sizes need the position embeddings interpolated. The argument is passed only
         # then, so the model's own size also works with 4.x releases that lack it.
         native = self.model.config.vision_config.image_size
