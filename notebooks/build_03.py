@@ -202,7 +202,7 @@ We follow one test image through the whole pipeline with PACL (or, without PACL,
 patches), and check at the end that `utils.segmentation` gives the very same mask.
 
 **Class vectors from a prompt ensemble.** A bare word is an odd caption, so each class name is put
-into every template of `utils.prompts.PROMPT_TEMPLATES` ("a photo of a {}.", ...); each prompt
+into every template of `utils.prompts.PROMPT_TEMPLATES` ("a photo of a {}", ...); each prompt
 is embedded and normalised, the vectors of one class are averaged, and the mean is normalised
 again (CLIP Sec. 3.1.4). That gives one unit vector per class, `[C, D]`.
 """)
