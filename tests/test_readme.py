@@ -1,0 +1,197 @@
+"""The README is the course's front page: its links, images and badges must lead somewhere, every
+notebook must be reachable from it, and its diagrams must be what ``scripts/draw_figures.py``
+draws today."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip
+
+from utils.backbones import CourseCLIPBackbone
+from utils.models import save_clip
+from utils.pacl import PACL
+from utils.pacl_io import BACKBONE_KEY, save_pacl
+from utils.segmentation import load_mask
+from utils.synthetic import ensure_captioned_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+sys.path.insert(0, str(REPO / "notebooks"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+draw_figures = importlib.import_module("draw_figures")
+COLAB_NOTEBOOKS = importlib.import_module("notebook_builder").COLAB_NOTEBOOKS
+
+# Markdown link or image targets, "[text](target)" or "[text](target "title")", and HTML src/href.
+MARKDOWN_TARGET = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HTML_TARGET = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
+FENCED_CODE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def readme_text() -> str:
+    """The README without its fenced code blocks (commands there are not links)."""
+    return FENCED_CODE.sub("", README.read_text(encoding="utf-8"))
+
+
+def link_targets(text: str) -> list[str]:
+    return MARKDOWN_TARGET.findall(text) + HTML_TARGET.findall(text)
+
+
+def is_external(target: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) is not None   # http:, https:, mailto:
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def course_notebooks() -> list[Path]:
+    return sorted(REPO.glob("notebooks/[0-9][0-9]_*.ipynb"))
+
+
+# --------------------------------------------------------------------------------------------
+# The parsers themselves, on known text (so a README check cannot pass by finding nothing)
+# --------------------------------------------------------------------------------------------
+
+def test_link_parser_finds_links_images_badges_and_html():
+    text = ('see [nb](notebooks/01_x.ipynb) and ![fig](Images/a.png "title")\n'
+            "[![Open In Colab](https://colab/badge.svg)](https://colab/github/nb.ipynb)\n"
+            '<img src="Images/b.png" width="300"> [top](#the-notebooks)')
+    assert link_targets(text) == ["notebooks/01_x.ipynb", "Images/a.png",
+                                  "https://colab/badge.svg", "https://colab/github/nb.ipynb",
+                                  "#the-notebooks", "Images/b.png"]
+
+
+def test_heading_anchor_follows_github():
+    assert heading_anchor("Scaling out: several GPUs and machines") == \
+        "scaling-out-several-gpus-and-machines"
+    assert heading_anchor("What `make demo` does") == "what-make-demo-does"
+    assert heading_anchor("The `utils` package") == "the-utils-package"
+
+
+# --------------------------------------------------------------------------------------------
+# The README
+# --------------------------------------------------------------------------------------------
+
+def test_relative_links_and_images_resolve_inside_the_repository():
+    targets = [t for t in link_targets(readme_text()) if not is_external(t)]
+    assert targets, "the README links to no file of the repository"
+    broken = []
+    for target in targets:
+        path = unquote(target.split("#", 1)[0])
+        if not path:
+            continue                                   # a same-page anchor, checked below
+        resolved = (REPO / path).resolve()
+        if not resolved.is_relative_to(REPO) or not resolved.exists():
+            broken.append(target)
+    assert not broken, f"README.md links to files that do not exist in the repository: {broken}"
+
+
+def test_same_page_anchors_name_a_heading():
+    text = readme_text()
+    anchors = {heading_anchor(h) for h in re.findall(r"^#+\s+(.+)$", text, re.M)}
+    missing = [t for t in link_targets(text) if t.startswith("#") and t[1:] not in anchors]
+    assert not missing, f"README.md links to headings that do not exist: {missing}"
+
+
+def test_every_notebook_is_linked_with_a_colab_badge():
+    notebooks = course_notebooks()
+    assert len(notebooks) >= 4, "expected the course's numbered notebooks in notebooks/"
+    targets = set(link_targets(readme_text()))
+    for notebook in notebooks:
+        relative = notebook.relative_to(REPO).as_posix()
+        assert relative in targets, f"README.md does not link to {relative}"
+        assert COLAB_NOTEBOOKS + notebook.name in targets, \
+            f"README.md has no Open-in-Colab link for {notebook.name} ({COLAB_NOTEBOOKS}...)"
+
+
+def test_colab_links_open_notebooks_that_exist():
+    colab = [t for t in link_targets(readme_text()) if t.startswith(COLAB_NOTEBOOKS)]
+    missing = [t for t in colab if not (REPO / "notebooks" / t[len(COLAB_NOTEBOOKS):]).is_file()]
+    assert not missing, f"Colab badges open notebooks that are not in notebooks/: {missing}"
+
+
+# --------------------------------------------------------------------------------------------
+# The figures
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(draw_figures.FIGURES))
+def test_committed_diagram_is_what_the_script_draws(name, tmp_path):
+    drawn = np.asarray(Image.open(draw_figures.render(name, tmp_path)))
+    committed_path = REPO / "Images" / f"{name}.png"
+    assert committed_path.is_file(), f"run `python scripts/draw_figures.py {name}`"
+    committed = np.asarray(Image.open(committed_path))
+    assert drawn.shape == committed.shape and np.array_equal(drawn, committed), (
+        f"Images/{name}.png is not what scripts/draw_figures.py draws now: run "
+        f"`.venv/bin/python scripts/draw_figures.py {name}` and commit the PNG")
+
+
+def test_results_mode_explains_a_missing_demo_run(tmp_path):
+    with pytest.raises(SystemExit, match="run `make demo` first"):
+        draw_figures.write_demo_figures(tmp_path / "no_demo_here", tmp_path / "images")
+    (tmp_path / "clip_only").mkdir()
+    (tmp_path / "clip_only" / "metrics.json").write_text('{"test": {}}')
+    with pytest.raises(SystemExit, match="stopped after CLIP"):
+        draw_figures.write_demo_figures(tmp_path / "clip_only", tmp_path / "images")
+    assert not (tmp_path / "images").exists()
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory):
+    """What `make demo` leaves behind, in miniature: a synthetic set, a saved (untrained) CLIP and
+    a PACL saved for it, ``metrics.json`` and the figures the demo draws (here stand-in PNGs)."""
+    root = tmp_path_factory.mktemp("demo")
+    data = ensure_captioned_shapes(root / "data", num_train=4, num_dev=2, num_test=12,
+                                   image_size=IMAGE_SIZE, progress=False)
+    out = root / "demo"
+    tokenizer = caption_tokenizer()
+    model = course_clip(tokenizer)
+    save_clip(out / "clip", model, tokenizer)
+    save_pacl(out / "pacl", PACL(EMBED_DIM),
+              meta={BACKBONE_KEY: CourseCLIPBackbone(model, tokenizer).cache_key})
+    methods = {"raw": {"threshold": 0.5}, "pacl": {"threshold": 0.7}}
+    (out / "metrics.json").write_text(json.dumps({
+        "config": {"data_root": str(data), "image_size": IMAGE_SIZE},
+        "segmentation": {"methods": methods}}))
+    for k, name in enumerate(draw_figures.DEMO_FIGURES):
+        Image.fromarray(np.full((8, 8, 3), 30 * k, dtype=np.uint8)).save(out / name)
+    return out, data
+
+
+def test_results_mode_copies_the_demo_figures_and_draws_the_heatmaps(demo_folder, tmp_path):
+    out, _ = demo_folder
+    written = draw_figures.write_demo_figures(out, tmp_path / "images")
+    assert [p.name for p in written] == [*draw_figures.DEMO_FIGURES.values(),
+                                         draw_figures.HEATMAPS_FIGURE]
+    for source, target in draw_figures.DEMO_FIGURES.items():
+        assert (tmp_path / "images" / target).read_bytes() == (out / source).read_bytes()
+    heatmaps = np.asarray(Image.open(tmp_path / "images" / draw_figures.HEATMAPS_FIGURE))
+    assert heatmaps.shape[0] > 300 and heatmaps.shape[1] > 600
+    assert not list((tmp_path / "images").glob(".*")), "temporary files left behind"
+
+
+def test_heatmaps_compare_both_methods_on_images_with_several_shapes(demo_folder):
+    out, data = demo_folder
+    metrics = json.loads((out / "metrics.json").read_text())
+    fig = draw_figures.plot_pacl_vs_clip(out, metrics, count=2)
+    rows = np.array(fig.axes[:-1]).reshape(4, -1)         # the last axes is the colour bar
+    assert [ax.get_title() for ax in rows[0]] == [
+        "image", "p(circle)", "p(square)", "p(triangle)", "p(star)", "p(cross)", "mask",
+        "ground truth"]
+    labels = [rows[r, 0].get_ylabel() for r in range(4)]
+    assert [label.split("\n")[0] for label in labels] == ["raw CLIP patches", "PACL"] * 2
+    for label in labels:
+        shapes = set(np.unique(load_mask(data / "masks" / label.split("\n")[1]))) - {0}
+        assert len(shapes) >= 2
