@@ -151,9 +151,9 @@ class ImageEncoder(nn.Module):
         cnn_width: channels of the tiny CNN.
         attention_pool: CNNs pool their feature map with :class:`AttentionPool` (as CLIP's
             ResNets do) instead of averaging it. ViTs always use their class token. Off by
-            default: on the synthetic set (width 48, 15 epochs) it lowered text->image R@1 from
-            0.52 to 0.43, and its patch tokens picked the right shape for only 26 % of shape
-            pixels (chance 20 %) against 46 % for average pooling.
+            default: on the synthetic set it lowered the demo's text->image recall, and its
+            patch tokens named the shape under them less often than averaged cells (README, "How
+            the demo's settings were chosen").
 
     Attributes:
         out_dim: channel width ``C`` of both views.
