@@ -78,6 +78,11 @@ class FrozenBackbone(ABC):
     def grid_shape(self, image_size: int) -> tuple[int, int]:
         """``(h, w)`` of the patch grid for square ``image_size`` inputs (row-major, ``P = h*w``)."""
 
+    @property
+    @abstractmethod
+    def logit_scale(self) -> float:
+        """The CLIP's learned logit scale (the inverse temperature of its softmax)."""
+
     @abstractmethod
     def _encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                        ) -> torch.Tensor:
@@ -138,6 +143,10 @@ class CourseCLIPBackbone(FrozenBackbone):
                        ) -> torch.Tensor:
         return self.model.encode_text(input_ids, attention_mask, normalize=False)
 
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach())
+
     @torch.no_grad()
     def grid_shape(self, image_size: int) -> tuple[int, int]:
         """``(h, w)`` of the patch grid for square ``image_size`` inputs (row-major, ``P = h*w``)."""
@@ -196,6 +205,10 @@ class HFCLIPBackbone(FrozenBackbone):
                        ) -> torch.Tensor:
         return _features(self.model.get_text_features(input_ids=input_ids,
                                                       attention_mask=attention_mask))
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())  # Hugging Face stores log(scale)
 
     def grid_shape(self, image_size: int) -> tuple[int, int]:
         """``(h, w)`` of the patch grid for square ``image_size`` inputs (row-major, ``P = h*w``)."""

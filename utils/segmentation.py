@@ -27,6 +27,7 @@ synthetic set's masks (and Pascal VOC's).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from utils.backbones import CourseCLIPBackbone, FrozenBackbone, HFCLIPBackbone
+from utils.backbones import FrozenBackbone, HFCLIPBackbone
 from utils.data import load_image
 from utils.metrics import iou_from_confusion, segmentation_confusion
 from utils.pacl import PACL, patch_text_similarity
@@ -57,14 +58,20 @@ def class_embeddings(backbone: FrozenBackbone, class_names: Sequence[str],
                      templates: Sequence[str] = PROMPT_TEMPLATES) -> torch.Tensor:
     """``C`` class names -> ``[C, D]`` unit-length prompt-ensemble embeddings (CLIP Sec. 3.1.4).
 
-    Every name is put into every template ("a photo of a {}."), each prompt is embedded and
+    Every name is put into every template ("a photo of a {}"), each prompt is embedded and
     normalised, the ``T`` embeddings of a class are averaged and the mean is normalised again.
     """
     if isinstance(class_names, str) or not class_names:
         raise ValueError("class_names must be a non-empty list of names, e.g. ['circle', 'star']")
     prompts = [format_prompt(template, name) for name in class_names for template in templates]
     emb = backbone.text_embeddings(prompts).view(len(class_names), len(templates), -1)
-    return F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)
+    return _ensemble(emb)
+
+
+def _ensemble(emb: torch.Tensor) -> torch.Tensor:
+    """``[..., T, D]`` embeddings of one concept's prompts -> ``[..., D]``: the unit-length mean of
+    the unit-length embeddings."""
+    return F.normalize(F.normalize(emb, dim=-1).mean(-2), dim=-1)
 
 
 @torch.no_grad()
@@ -97,8 +104,7 @@ def patch_embeddings(backbone: FrozenBackbone, images: torch.Tensor, method: str
     if method == "maskclip":
         if not isinstance(backbone, HFCLIPBackbone):
             raise ValueError("MaskCLIP's value-path trick needs a Hugging Face CLIP ViT backbone; "
-                             "the course CNN's patch tokens already are its attention pool's "
-                             "values (use method='raw')")
+                             "a CNN has no last attention block to bypass (use method='raw')")
         return maskclip_patch_embeddings(backbone, images)
     patches = backbone.patch_embeddings(images)
     if method == "pacl":
@@ -106,14 +112,6 @@ def patch_embeddings(backbone: FrozenBackbone, images: torch.Tensor, method: str
             raise ValueError("method='pacl' needs the trained PACL module (pacl=...)")
         patches = pacl.embed_patches(patches.float())
     return patches
-
-
-def clip_logit_scale(backbone: FrozenBackbone) -> float:
-    """The frozen CLIP's learned logit scale (the inverse temperature of its softmax)."""
-    model = backbone.model
-    if isinstance(backbone, CourseCLIPBackbone):
-        return float(model.logit_scale.detach())
-    return float(model.logit_scale.exp())  # Hugging Face stores log(scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +189,7 @@ class Segmenter:
             raise ValueError("method='pacl' needs the trained PACL module (pacl=...)")
         if self.logit_scale is None:
             self.logit_scale = (float(self.pacl.logit_scale.detach()) if self.method == "pacl"
-                                else clip_logit_scale(self.backbone))
+                                else self.backbone.logit_scale)
         self.class_names = list(self.class_names)
 
     @property
@@ -206,10 +204,10 @@ class Segmenter:
             emb = class_embeddings(self.backbone, self.class_names, self.templates)
             if self.background == "prompt":
                 # The background prompts share one ensemble: "an empty background." is no template.
-                background = F.normalize(F.normalize(
-                    self.backbone.text_embeddings(list(self.background_prompts)), dim=-1
-                ).mean(0, keepdim=True), dim=-1)
-                emb = torch.cat([background, emb])
+                with torch.no_grad():
+                    background = _ensemble(self.backbone.text_embeddings(
+                        list(self.background_prompts)))
+                emb = torch.cat([background[None], emb])
             if self.method == "pacl":
                 emb = self.pacl.embed_texts(emb.float())
             self._class_emb = emb
@@ -222,11 +220,12 @@ class Segmenter:
         (default: the input size)."""
         patches = patch_embeddings(self.backbone, images, self.method, self.pacl)     # [B, P, D]
         scores = patch_text_similarity(patches.float(), self.text_embeddings().float())  # [B, K, P]
-        if images.shape[-1] != images.shape[-2]:
+        side = math.isqrt(patches.shape[1])
+        if images.shape[-1] != images.shape[-2] or side * side != patches.shape[1]:
             raise ValueError(f"expected square network inputs (the backbone's transform makes "
-                             f"them), got {tuple(images.shape[-2:])}")
-        grid = self.backbone.grid_shape(images.shape[-1])
-        pixels = upsample_scores(scores, grid, size or tuple(images.shape[-2:]))
+                             f"them) and a square patch grid, got {tuple(images.shape[-2:])} "
+                             f"and {patches.shape[1]} patches")
+        pixels = upsample_scores(scores, (side, side), size or tuple(images.shape[-2:]))
         return (self.logit_scale * pixels).softmax(1)
 
     def masks(self, probabilities: torch.Tensor) -> torch.Tensor:
