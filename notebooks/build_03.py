@@ -66,7 +66,6 @@ from utils.backbones import HF_CLIP_NAME, CourseCLIPBackbone, HFCLIPBackbone, lo
 from utils.data import load_image, load_split, locate_dataset
 from utils.demo import DemoConfig, run_demo
 from utils.explorer import explorer_figure, segmentation_explorer
-from utils.metrics import iou_from_confusion, segmentation_confusion
 from utils.models import load_clip
 from utils.notebook import (
     IN_COLAB,
@@ -86,10 +85,12 @@ from utils.segmentation import (
     Segmenter,
     best_threshold,
     class_embeddings,
+    confusions_by_threshold,
     load_mask,
     normalised_entropy,
     patch_embeddings,
     run_segmentation,
+    threshold_with_best_miou,
 )
 from utils.synthetic import CLASS_NAMES
 from utils.viz_segmentation import (
@@ -503,17 +504,13 @@ without segmenting again. Two scores come out:
 
 code("""
 def tune_voc_threshold(voc_segmenter, samples):
-    # Segment each image once; try every threshold of section 3's curve on its argmax and entropy.
-    confusions = torch.zeros(len(thresholds), 21, 21, dtype=torch.long)
+    # Segment each image once; score every threshold of section 3's curve on it.
+    confusions = 0
     for sample in samples:
         probs, _ = voc_segmenter.segment_image(sample.image, IMAGE_SIZE)         # [C, H, W]
-        probs = torch.from_numpy(probs)[None]
-        argmax, entropy = probs.argmax(1)[0] + 1, normalised_entropy(probs)[0]
-        for k, t in enumerate(thresholds):
-            confusions[k] += segmentation_confusion(torch.where(entropy > t, 0, argmax),
-                                                    sample.mask, 21)
-    scores = [iou_from_confusion(c)["mIoU"] for c in confusions]
-    return float(thresholds[int(np.nanargmax(scores))])
+        confusions = confusions + confusions_by_threshold(
+            torch.from_numpy(probs)[None], torch.from_numpy(sample.mask)[None], 21, thresholds)
+    return threshold_with_best_miou(confusions, thresholds)
 
 
 voc_results = {}

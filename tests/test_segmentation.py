@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip, tiny_hf_clip
 
 from utils.backbones import CourseCLIPBackbone, HFCLIPBackbone
+from utils.metrics import iou_from_confusion, segmentation_confusion
 from utils.pacl import PACL
 from utils.prompts import format_prompt
 from utils.segmentation import (
@@ -18,11 +19,13 @@ from utils.segmentation import (
     Segmenter,
     best_threshold,
     class_embeddings,
+    confusions_by_threshold,
     maskclip_patch_embeddings,
     masks_from_probabilities,
     normalised_entropy,
     patch_embeddings,
     run_segmentation,
+    threshold_with_best_miou,
     upsample_scores,
 )
 from utils.synthetic import CLASS_NAMES, generate_captioned_shapes
@@ -188,3 +191,22 @@ def test_run_segmentation_on_synthetic_images(tmp_path, course_backbone):
     metrics = run.metrics(segmenter)
     assert 0.0 <= metrics["mIoU"] <= 1.0 and not math.isnan(metrics["pixel_accuracy"])
     assert len(metrics["per_class_iou"]) == len(CLASS_NAMES)
+
+
+def test_confusions_by_threshold_match_masks_and_add_up_over_images():
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.rand(3, 2, 4, 5, generator=generator).softmax(1)
+    targets = torch.randint(0, 3, (3, 4, 5), generator=generator)
+    thresholds = (0.2, 0.9)
+    confusions = confusions_by_threshold(probabilities, targets, 3, thresholds)
+    assert confusions.shape == (2, 3, 3)
+    for k, t in enumerate(thresholds):
+        expected = segmentation_confusion(masks_from_probabilities(probabilities, "entropy", t),
+                                          targets, 3)
+        assert torch.equal(confusions[k], expected)
+    one_by_one = sum(confusions_by_threshold(p[None], y[None], 3, thresholds)
+                     for p, y in zip(probabilities, targets, strict=True))
+    assert torch.equal(one_by_one, confusions)
+    best = threshold_with_best_miou(confusions, thresholds)
+    assert best == max(thresholds, key=lambda t: iou_from_confusion(
+        confusions[thresholds.index(t)])["mIoU"])

@@ -306,9 +306,33 @@ def run_segmentation(segmenter: Segmenter, images_dir: str | Path, masks_dir: st
     return SegmentationRun(torch.cat(probabilities), torch.cat(targets), list(image_names))
 
 
+ENTROPY_THRESHOLDS = tuple(float(t) for t in np.linspace(0.05, 0.95, 19))
+
+
+def confusions_by_threshold(probabilities: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                            thresholds: Sequence[float] = ENTROPY_THRESHOLDS,
+                            ignore_index: int = 255) -> torch.Tensor:
+    """``[B, K, H, W]`` class probabilities and ``[B, H, W]`` targets -> one confusion matrix per
+    entropy threshold, ``[len(thresholds), num_classes, num_classes]``. Sum them over batches (or
+    over images of different sizes) to score a whole set at every threshold in one pass."""
+    return torch.stack([
+        segmentation_confusion(masks_from_probabilities(probabilities, "entropy", t), targets,
+                               num_classes, ignore_index)
+        for t in thresholds])
+
+
+def threshold_with_best_miou(confusions: torch.Tensor,
+                             thresholds: Sequence[float] = ENTROPY_THRESHOLDS) -> float:
+    """The threshold whose confusion matrix (from :func:`confusions_by_threshold`) has the
+    highest mIoU."""
+    scores = [iou_from_confusion(confusion)["mIoU"] for confusion in confusions]
+    return float(thresholds[int(np.nanargmax(scores))])
+
+
 def best_threshold(run: SegmentationRun, segmenter: Segmenter,
-                   thresholds: Sequence[float] = tuple(np.linspace(0.05, 0.95, 19))) -> float:
+                   thresholds: Sequence[float] = ENTROPY_THRESHOLDS) -> float:
     """The entropy threshold with the highest mIoU on ``run`` (tune it on a validation split, then
     report on the test split)."""
-    scores = [run.metrics(segmenter, float(t))["mIoU"] for t in thresholds]
-    return float(thresholds[int(np.nanargmax(scores))])
+    confusions = confusions_by_threshold(run.probabilities.float(), run.targets,
+                                         segmenter.num_classes, thresholds)
+    return threshold_with_best_miou(confusions, thresholds)
