@@ -560,10 +560,22 @@ The worst cases and the per-class bars above show the failure modes; these are t
   images. An image whose probabilities are all less sure than usual loses its objects to
   background; a busier background leaks into a class. The threshold curve shows how much it
   matters for each method.
+- **Background is not "nothing" to a CLIP trained on captions.** The entropy rule assumes that a
+  background patch matches no class well. On the course CLIP the opposite holds: the raw
+  background cells match the shape prompts *better* than the shape cells do. Most cells of the
+  grid lie over background and each sees about 40 of the image's 64 pixels, so once averaged into
+  the image vector they serve the CLIP loss best by summarising the whole picture, and nothing
+  in the loss asks a cell to describe only what lies under it. `bench/patch_probe.py` measures
+  it on `make demo`'s models: "a high best-class cosine means shape" scores an AUROC of 0.14 on
+  the raw patches (0.5 is chance, lower is inverted), and "low entropy means shape" only 0.56
+  (raw) and 0.51 (PACL).
 - **PACL only aligns what the backbone knows.** The embedder is a small head on frozen features.
   If the frozen CLIP does not tell two shapes apart, PACL cannot either; its gains come from
   making patches agree with the text, not from new visual knowledge. Notebook 02's localisation
-  scores (colour words against shape words) show the same thing.
+  scores (colour words against shape words) show the same thing. The same script trains a probe
+  *with the masks* on the raw patch vectors: it reaches a cell-level mIoU of 0.46 (linear) and
+  0.59 (one hidden layer). A method that learns from captions alone should not be expected to
+  pass that.
 - **Prompts matter.** A class is only as good as its text vector. Words the text encoder saw
   during training, in the templates used to train PACL, work best; the explorer is the quickest
   way to see a prompt change the mask.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from utils.backbones import CourseCLIPBackbone
 from utils.demo import DemoConfig, format_summary, main, run_demo
@@ -80,3 +82,33 @@ def test_command_line_reuses_the_dataset(fast_run, capsys):
           "--out", config.out_dir + "_cli"])
     assert marker.stat().st_mtime_ns == before
     assert "text to image" in capsys.readouterr().out
+
+
+def _patch_probe():
+    """``bench/patch_probe.py`` as a module (``bench/`` is a folder of scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "patch_probe.py"
+    spec = importlib.util.spec_from_file_location("patch_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_patch_probe_auroc_on_hand_computed_cases():
+    auroc = _patch_probe().auroc
+    labels = torch.tensor([False, False, True, True])
+    assert auroc(torch.tensor([0.1, 0.2, 0.3, 0.4]), labels) == 1.0         # perfectly separated
+    assert auroc(torch.tensor([0.4, 0.3, 0.2, 0.1]), labels) == 0.0         # perfectly inverted
+    # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of the 4 pairs are ordered right
+    assert auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), labels) == 0.75
+
+
+def test_patch_probe_reads_a_finished_demo(fast_run, capsys):
+    config, _ = fast_run
+    _patch_probe().main(["--run", config.out_dir, "--data", config.data_root, "--images", "20",
+                         "--probe-images", "40"])
+    out = capsys.readouterr().out
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()
+            if line.startswith(("shape accuracy", "mIoU, true", "AUROC"))}
+    assert len(rows) == 4
+    assert all(len(v) == 2 and all(0.0 <= float(x) <= 1.0 for x in v) for v in rows.values())
+    assert "linear" in out and "MLP" in out
