@@ -399,7 +399,7 @@ print(f"worst cases of {best!r}")
 
 md("""
 **Background by prompt instead of by entropy.** The other common way to find background is to
-name it: a few background prompts ("a plain background.", ...) become one more class that
+name it: a few background prompts ("a plain background", ...) become one more class that
 competes in the argmax. No threshold to tune, but the prompt has to describe what the
 background looks like, for this model.
 """)

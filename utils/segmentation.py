@@ -46,7 +46,8 @@ from utils.prompts import PROMPT_TEMPLATES, format_prompt
 
 METHODS = ("raw", "maskclip", "pacl")
 BACKGROUND_MODES = ("entropy", "prompt")
-BACKGROUND_PROMPTS = ("a plain background.", "an empty background.", "a photo of nothing.")
+# No final period, as in PROMPT_TEMPLATES: the course tokenizer maps "." to [UNK].
+BACKGROUND_PROMPTS = ("a plain background", "an empty background", "a photo of nothing")
 
 
 # --------------------------------------------------------------------------------------------
