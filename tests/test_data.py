@@ -561,3 +561,35 @@ def test_collator_adds_positives_for_shared_caption_text():
                                            [True, True, False],
                                            [False, False, True]]
     assert "positives" not in CaptionCollator(tokenizer)(samples)
+
+
+def test_collator_brings_several_captions_per_image():
+    captions_of_images = [["a red circle", "a circle", "something red"],
+                          ["a blue star", "a star", "something blue"],
+                          ["a green circle", "a circle", "something green"]]
+    tokenizer = train_wordpiece_tokenizer([c for cs in captions_of_images for c in cs], 100)
+    samples = [{"image": torch.zeros(3, 4, 4), "caption": cs[0], "image_index": i}
+               for i, cs in enumerate(captions_of_images)]
+    torch.manual_seed(0)
+    batch = CaptionCollator(tokenizer, captions_of_images=captions_of_images,
+                            captions_per_image=2)(samples)
+    owners, captions = batch["caption_owner"].tolist(), batch["captions"]
+    assert owners == [0, 0, 1, 1, 2, 2] and batch["input_ids"].shape[0] == 6
+    assert batch["images"].shape[0] == 3
+    for row, owner in enumerate(owners):
+        assert captions[row] in captions_of_images[owner]
+    # Each image's sampled caption comes first, then one of its other captions.
+    assert captions[0::2] == [cs[0] for cs in captions_of_images]
+    assert all(captions[i] != captions[i + 1] for i in range(0, 6, 2))
+    # One row per text's owner image: true wherever that image has the column's caption text.
+    expected = [[text in captions_of_images[owner] for text in captions] for owner in owners]
+    assert batch["positives"].tolist() == expected
+    assert batch["positives"].diagonal().all()
+
+
+def test_collator_rejects_extra_captions_it_cannot_draw():
+    tokenizer = train_wordpiece_tokenizer(["a circle"], 100)
+    with pytest.raises(ValueError, match="captions_of_images"):
+        CaptionCollator(tokenizer, captions_per_image=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        CaptionCollator(tokenizer, captions_of_images=[["a circle"]], captions_per_image=0)

@@ -150,3 +150,23 @@ def test_gradient_clipping_bounds_the_gradient_norm():
 
     assert last_gradient_norm(None) > 10.0
     assert last_gradient_norm(1.0) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_several_captions_per_image_equal_encoding_the_repeated_images():
+    """Repeating image embeddings per caption gives the loss of encoding each image once per
+    caption: the shortcut clip_batch_loss takes must not change the objective."""
+    model = tiny_clip().eval()                      # eval: no dropout, BatchNorm in inference
+    batch = make_batches(num_batches=1, batch=4)[0]
+    owner = torch.tensor([0, 0, 1, 2, 2, 3])
+    ids = torch.randint(4, 20, (6, 3))
+    positives = owner[:, None] == owner[None, :]
+    shortcut = clip_batch_loss(model, {"images": batch["images"], "input_ids": ids,
+                                       "attention_mask": torch.ones_like(ids),
+                                       "caption_owner": owner, "positives": positives})
+    repeated = clip_batch_loss(model, {"images": batch["images"][owner], "input_ids": ids,
+                                       "attention_mask": torch.ones_like(ids),
+                                       "positives": positives})
+    torch.testing.assert_close(shortcut, repeated)
+    assert not torch.allclose(shortcut, clip_batch_loss(model, {
+        "images": batch["images"][torch.arange(6) % 4], "input_ids": ids,
+        "attention_mask": torch.ones_like(ids), "positives": positives}))

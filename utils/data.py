@@ -553,18 +553,49 @@ class CaptionCollator:
     returns ``positives`` BoolTensor ``[B, B]``: image ``i`` matches caption ``j`` when ``j`` is,
     word for word, one of image ``i``'s captions. Short captions such as "a circle" fit many
     images; counting them as negatives would teach the model something false.
+
+    ``captions_per_image = K > 1`` (needs ``captions_of_images``) brings each image's sampled
+    caption plus ``K - 1`` other captions of it, drawn at random: ``B * K`` texts for ``B`` images.
+    The text encoder is cheap next to the image encoder, so every image gets ``K`` captions'
+    worth of gradient for little extra time. The batch then also holds ``caption_owner``
+    ``LongTensor[B * K]`` (the image of each text), and ``positives`` is ``[B * K, B * K]``, one row
+    per text's owner image: :func:`utils.train.clip_batch_loss` repeats each image embedding once
+    per caption it brought, so the loss keeps CLIP's square form.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 32,
-                 captions_of_images: Sequence[Sequence[str]] | None = None) -> None:
+                 captions_of_images: Sequence[Sequence[str]] | None = None,
+                 captions_per_image: int = 1) -> None:
+        if captions_per_image < 1:
+            raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
+        if captions_per_image > 1 and captions_of_images is None:
+            raise ValueError("captions_per_image > 1 draws the extra captions from "
+                             "captions_of_images: pass every image's captions too")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.captions_of_images = captions_of_images
+        self.captions_per_image = captions_per_image
+
+    def _captions_with_owners(self, samples: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
+        """Each sample's caption, then up to ``captions_per_image - 1`` more of its image's
+        captions (distinct, drawn with torch's RNG); the owner of each is the sample's row."""
+        captions, owners = [], []
+        for row, sample in enumerate(samples):
+            others = [c for c in self.captions_of_images[sample["image_index"]]
+                      if c != sample["caption"]]
+            picks = torch.randperm(len(others))[:self.captions_per_image - 1].tolist()
+            for caption in [sample["caption"], *(others[i] for i in picks)]:
+                captions.append(caption)
+                owners.append(row)
+        return captions, owners
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("CaptionCollator got an empty batch.")
         captions = [sample["caption"] for sample in samples]
+        owners = None
+        if self.captions_per_image > 1:
+            captions, owners = self._captions_with_owners(samples)
         tokens = self.tokenizer(
             captions,
             padding="longest",
@@ -582,6 +613,9 @@ class CaptionCollator:
         if self.captions_of_images is not None:
             batch_images = [self.captions_of_images[s["image_index"]] for s in samples]
             batch["positives"] = caption_positives(batch_images, captions).T   # [images, texts]
+        if owners is not None:
+            batch["caption_owner"] = torch.tensor(owners).long()
+            batch["positives"] = batch["positives"][batch["caption_owner"]]    # [texts, texts]
         return batch
 
 

@@ -88,6 +88,7 @@ class DemoConfig:
     max_length: int = 48
     embed_dim: int = 128
     dropout: float = 0.0              # no dropout: 15 short epochs are too few to overfit
+    captions_per_image: int = 1       # texts per image in each batch (CaptionCollator)
     clip_only: bool = False           # stop after CLIP (notebooks that only need the CLIP)
     pacl_epochs: int = 4
     pacl_batch_size: int = 64
@@ -137,7 +138,8 @@ def run_demo(config: DemoConfig) -> dict:
         batch_size=config.batch_size, shuffle=True, drop_last=True,
         num_workers=config.num_workers,
         collate_fn=CaptionCollator(tokenizer, config.max_length,
-                                   captions_of_images=[captions for _, captions in train_items]))
+                                   captions_of_images=[captions for _, captions in train_items],
+                                   captions_per_image=config.captions_per_image))
 
     def validate(model: CLIP) -> dict:
         return embed_split(model, tokenizer, files.images_dir, dev_items, config.image_size,

@@ -91,9 +91,16 @@ def clip_parameter_groups(model: nn.Module, encoder_lr: float, head_lr: float,
 
 
 def clip_batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """CLIP loss of one collated batch; uses ``batch["positives"]`` ``[B, B]`` when present."""
+    """CLIP loss of one collated batch; uses ``batch["positives"]`` when present.
+
+    With several captions per image (``batch["caption_owner"]``, see
+    :class:`utils.data.CaptionCollator`), each image embedding is repeated once per caption it
+    brought: the same loss as encoding the repeated images, without encoding them again.
+    """
     image_emb, text_emb, logit_scale = model(batch["images"], batch["input_ids"],
                                              batch["attention_mask"])
+    if "caption_owner" in batch:
+        image_emb = image_emb[batch["caption_owner"]]                     # [B * K, D]
     return clip_loss(image_emb, text_emb, logit_scale, positives=batch.get("positives"))
 
 
