@@ -26,7 +26,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,17 +33,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.backbones import CourseCLIPBackbone  # noqa: E402
-from utils.data import load_image, load_split, locate_dataset  # noqa: E402
+from utils.data import load_split, locate_dataset  # noqa: E402
 from utils.metrics import mean_iou  # noqa: E402
 from utils.models import load_clip  # noqa: E402
-from utils.pacl import patch_text_similarity  # noqa: E402
 from utils.pacl_io import load_pacl  # noqa: E402
 from utils.segmentation import (  # noqa: E402
     Segmenter,
-    load_mask,
+    load_images_and_masks,
     normalised_entropy,
-    patch_embeddings,
-    upsample_scores,
 )
 from utils.synthetic import CLASS_NAMES  # noqa: E402
 
@@ -62,18 +58,14 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
 
 def load_batch(backbone, files, names: list[str], image_size: int):
     """-> (images ``[N, 3, S, S]``, masks ``[N, S, S]`` long)."""
-    transform = backbone.image_transform(image_size)
-    images = torch.stack([transform(image=load_image(files.images_dir / n))["image"] for n in names])
-    masks = np.stack([load_mask(files.root / "masks" / n) for n in names])
-    return images, torch.from_numpy(masks).long()
+    images, masks = load_images_and_masks(backbone, files.images_dir, files.root / "masks", names,
+                                          image_size)
+    return images, masks.long()
 
 
 def score_report(segmenter: Segmenter, images: torch.Tensor, masks: torch.Tensor) -> dict:
     """Shape accuracy, true-background mIoU and the two detectors' AUROC for one method."""
-    patches = patch_embeddings(segmenter.backbone, images, segmenter.method, segmenter.pacl)
-    cosines = patch_text_similarity(patches.float(), segmenter.text_embeddings().float())
-    side = int(patches.shape[1] ** 0.5)
-    cosines = upsample_scores(cosines, (side, side), tuple(masks.shape[-2:]))    # [N, C, H, W]
+    cosines = segmenter.scores(images, size=tuple(masks.shape[-2:]))                # [N, C, H, W]
     probabilities = (segmenter.logit_scale * cosines).softmax(1)
     best_cosine, best_class = cosines.max(1)
     shape = masks > 0

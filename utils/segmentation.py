@@ -215,10 +215,9 @@ class Segmenter:
         return self._class_emb
 
     @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, size: tuple[int, int] | None = None
-                      ) -> torch.Tensor:
-        """``[B, 3, h, w]`` transformed images -> ``[B, K, H, W]`` class probabilities at ``size``
-        (default: the input size)."""
+    def scores(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """``[B, 3, h, w]`` transformed images -> ``[B, K, H, W]`` cosines of every pixel with
+        every class (patch cosines upsampled bilinearly) at ``size`` (default: the input size)."""
         patches = patch_embeddings(self.backbone, images, self.method, self.pacl)     # [B, P, D]
         scores = patch_text_similarity(patches.float(), self.text_embeddings().float())  # [B, K, P]
         side = math.isqrt(patches.shape[1])
@@ -226,8 +225,13 @@ class Segmenter:
             raise ValueError(f"expected square network inputs (the backbone's transform makes "
                              f"them) and a square patch grid, got {tuple(images.shape[-2:])} "
                              f"and {patches.shape[1]} patches")
-        pixels = upsample_scores(scores, (side, side), size or tuple(images.shape[-2:]))
-        return (self.logit_scale * pixels).softmax(1)
+        return upsample_scores(scores, (side, side), size or tuple(images.shape[-2:]))
+
+    def probabilities(self, images: torch.Tensor, size: tuple[int, int] | None = None
+                      ) -> torch.Tensor:
+        """``[B, 3, h, w]`` transformed images -> ``[B, K, H, W]`` class probabilities at ``size``
+        (default: the input size): the softmax over classes of the scaled :meth:`scores`."""
+        return (self.logit_scale * self.scores(images, size)).softmax(1)
 
     def masks(self, probabilities: torch.Tensor) -> torch.Tensor:
         """``[B, K, H, W]`` -> ``[B, H, W]`` masks with this segmenter's background rule."""
@@ -294,17 +298,26 @@ def run_segmentation(segmenter: Segmenter, images_dir: str | Path, masks_dir: st
                      progress: bool = True) -> SegmentationRun:
     """Segment every image of ``image_names`` (same-size images, e.g. the synthetic set) and keep
     the class probabilities at the masks' resolution next to the ground truth."""
-    transform = segmenter.backbone.image_transform(image_size)
     probabilities, targets = [], []
     for start in tqdm(range(0, len(image_names), batch_size), desc=f"segmenting ({segmenter.method})",
                       disable=not progress):
-        names = image_names[start:start + batch_size]
-        masks = [load_mask(Path(masks_dir) / name) for name in names]
-        images = torch.stack([transform(image=load_image(Path(images_dir) / name))["image"]
-                              for name in names])
-        probabilities.append(segmenter.probabilities(images, size=masks[0].shape).half().cpu())
-        targets.append(torch.from_numpy(np.stack(masks)))
+        images, masks = load_images_and_masks(segmenter.backbone, images_dir, masks_dir,
+                                              image_names[start:start + batch_size], image_size)
+        probabilities.append(segmenter.probabilities(images, size=masks.shape[-2:]).half().cpu())
+        targets.append(masks)
     return SegmentationRun(torch.cat(probabilities), torch.cat(targets), list(image_names))
+
+
+def load_images_and_masks(backbone: FrozenBackbone, images_dir: str | Path,
+                          masks_dir: str | Path, image_names: Sequence[str], image_size: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same-size images and their masks -> (network inputs ``[N, 3, S, S]`` from the backbone's
+    transform at ``image_size``, masks ``[N, H, W]`` uint8 at the images' own size)."""
+    transform = backbone.image_transform(image_size)
+    images = torch.stack([transform(image=load_image(Path(images_dir) / name))["image"]
+                          for name in image_names])
+    masks = np.stack([load_mask(Path(masks_dir) / name) for name in image_names])
+    return images, torch.from_numpy(masks)
 
 
 ENTROPY_THRESHOLDS = tuple(float(t) for t in np.linspace(0.05, 0.95, 19))
