@@ -592,10 +592,10 @@ class CaptionCollator:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("CaptionCollator got an empty batch.")
-        captions = [sample["caption"] for sample in samples]
-        owners = None
         if self.captions_per_image > 1:
             captions, owners = self._captions_with_owners(samples)
+        else:
+            captions, owners = [sample["caption"] for sample in samples], None
         tokens = self.tokenizer(
             captions,
             padding="longest",

@@ -126,8 +126,9 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
 
     Each epoch starts by seeding torch with ``seed + epoch`` (plus an offset per process), so
     shuffling, caption sampling and dropout depend only on the epoch: a run resumed from an
-    epoch's checkpoint continues exactly as the uninterrupted run would have (on CPU). With ``resume=True`` the newest checkpoint in
-    ``config.checkpoint_dir`` (if any) restores weights, optimiser, schedule and history.
+    epoch's checkpoint continues exactly as the uninterrupted run would have (on CPU). With
+    ``resume=True`` the newest checkpoint in ``config.checkpoint_dir`` (if any) restores weights,
+    optimiser, schedule and history.
 
     Inside a process group (``torchrun``, :func:`utils.distributed.init_from_torchrun`) the model
     trains under DistributedDataParallel, the loader's ``DistributedSampler`` is told each epoch,
