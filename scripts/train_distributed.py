@@ -2,7 +2,7 @@
 
 One machine, 2 GPUs (or 2 CPU processes)::
 
-    torchrun --standalone --nproc-per-node=2 scripts/train_distributed.py --epochs 15
+    torchrun --standalone --nproc-per-node=2 scripts/train_distributed.py --epochs 13
 
 Two machines with 8 GPUs each; run on each machine, with its own ``--node-rank``::
 
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
                         shuffle=sampler is None, drop_last=True, num_workers=args.num_workers,
                         collate_fn=CaptionCollator(tokenizer, defaults.max_length,
-                                                   captions_of_images=captions_of_images))
+                                                   captions_of_images=captions_of_images,
+                                                   captions_per_image=defaults.captions_per_image))
 
     model = CLIP(CLIPConfig(image_size=defaults.image_size, cnn_width=defaults.cnn_width,
                             embed_dim=defaults.embed_dim, dropout=defaults.dropout,

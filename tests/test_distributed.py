@@ -315,10 +315,15 @@ def test_what_rank_0_broadcasts_reaches_every_process(runs):
 
 
 def test_alone_the_gathered_losses_are_the_plain_ones(runs):
-    batch, collator = global_clip_batch(runs)
+    dataset, collator = shapes_data(runs["root"], runs["tokenizer"])
     clip = tiny_vit_clip(len(runs["tokenizer"]))
-    torch.testing.assert_close(gathered_clip_loss(collator.captions_of_images)(clip, batch),
-                               clip_batch_loss(clip, batch))
+    for captions_per_image in (1, 2):   # 2: image embeddings repeated once per caption
+        collate = CaptionCollator(collator.tokenizer, collator.max_length,
+                                  captions_of_images=collator.captions_of_images,
+                                  captions_per_image=captions_per_image)
+        batch = collate([dataset[i] for i in clip_batch_indices(dataset)])
+        torch.testing.assert_close(gathered_clip_loss(collator.captions_of_images)(clip, batch),
+                                   clip_batch_loss(clip, batch))
     batch, image_text_ids = pacl_batch(seed=1)
     pacl = tiny_pacl()
     torch.testing.assert_close(gathered_pacl_loss(image_text_ids)(pacl, batch),

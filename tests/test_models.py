@@ -128,6 +128,33 @@ def test_padding_does_not_change_text_embedding(tiny_clip):
     )
 
 
+@pytest.mark.parametrize("buckets", [1, 2, 3, 5, 40])
+def test_length_buckets_give_the_same_states_and_gradients(buckets):
+    """Encoding in groups of similar length is only a saving: the [CLS] states and gradients of
+    one plain pass over the padded batch, in the batch's order, for any number of groups (more
+    groups than captions included)."""
+    ids = torch.randint(5, 50, (12, 20))
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate([20, 3, 11, 7, 20, 2, 15, 9, 4, 18, 6, 13]):  # unsorted on purpose
+        mask[row, :length] = 1
+    probe = torch.randn(12, 128)
+    torch.manual_seed(0)
+    encoder = TextEncoder("tiny_distilbert", vocab_size=50, dropout=0.0, length_buckets=buckets)
+    weights = encoder.transformer.embeddings.word_embeddings.weight
+
+    def states_and_gradient(encode) -> tuple[torch.Tensor, torch.Tensor]:
+        weights.grad = None
+        states = encode()
+        (states * probe).sum().backward()   # not states**2: LayerNorm makes that sum constant
+        return states.detach(), weights.grad.clone()
+
+    plain = states_and_gradient(
+        lambda: encoder.transformer(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0])
+    bucketed = states_and_gradient(lambda: encoder(ids, mask))
+    for got, expected in zip(bucketed, plain):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind,size,patches", [("tiny_cnn", 64, 256), ("tiny_vit", 64, 64)])
 def test_tiny_image_encoders(kind, size, patches):
     encoder = ImageEncoder(kind, image_size=size)
@@ -177,6 +204,8 @@ def test_bad_arguments_are_explained():
         TextEncoder("tiny_distilbert")
     with pytest.raises(ValueError, match="pretrained"):
         TextEncoder("tiny_distilbert", pretrained=True)
+    with pytest.raises(ValueError, match="length_buckets"):
+        TextEncoder("tiny_distilbert", vocab_size=50, length_buckets=0)
 
 
 def test_save_and_load_clip_round_trip(tmp_path):

@@ -79,7 +79,7 @@ class DemoConfig:
     image_size: int = 64
     cnn_width: int = 64
     attention_pool: bool = False      # average pooling: better text->image recall and patches here
-    epochs: int = 15
+    epochs: int = 13
     batch_size: int = 64
     encoder_lr: float = 2e-3
     head_lr: float = 2e-3
@@ -87,8 +87,8 @@ class DemoConfig:
     vocab_size: int = 400
     max_length: int = 48
     embed_dim: int = 128
-    dropout: float = 0.0              # no dropout: 15 short epochs are too few to overfit
-    captions_per_image: int = 1       # texts per image in each batch (CaptionCollator)
+    dropout: float = 0.0              # no dropout: 13 short epochs are too few to overfit
+    captions_per_image: int = 2       # texts per image in each batch (CaptionCollator)
     clip_only: bool = False           # stop after CLIP (notebooks that only need the CLIP)
     pacl_epochs: int = 4
     pacl_batch_size: int = 64

@@ -250,13 +250,18 @@ def gathered_clip_loss(captions_of_images: Sequence[Sequence[str]] | None = None
     Each process scores its ``B`` images against the ``N`` gathered texts and its ``B`` texts
     against the ``N`` gathered images (``[B, N]`` logits each). Alone it equals
     :func:`utils.train.clip_batch_loss`. Pass the collator's ``captions_of_images`` when the
-    batches carry ``positives``.
+    batches carry ``positives``. With several captions per image (``caption_owner``), each image
+    embedding is repeated once per caption it brought, as in ``clip_batch_loss``: ``B`` then
+    counts texts.
     """
     rule = None if captions_of_images is None else caption_positives_rule(captions_of_images)
 
     def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
         image_emb, text_emb, logit_scale = model(batch["images"], batch["input_ids"],
                                                  batch["attention_mask"])
+        if "caption_owner" in batch:
+            image_emb = image_emb[batch["caption_owner"]]                     # [B * K, D]
+            batch = {**batch, "image_index": batch["image_index"][batch["caption_owner"]]}
         image_rows = clip_logits(image_emb, gather_with_grad(text_emb), logit_scale)   # [B, N]
         text_rows = clip_logits(text_emb, gather_with_grad(image_emb), logit_scale)    # [B, N]
         return contrastive_loss_of_rows(image_rows, text_rows,

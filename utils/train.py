@@ -170,9 +170,14 @@ def fit(model: nn.Module, param_groups: list[dict], train_loader: DataLoader, lo
             if config.grad_clip is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            # Under float16 the scaler skips the update when the gradients overflowed, and lowers
+            # its scale (the first few steps, while it finds one). The schedule then waits too:
+            # it follows the updates actually made, and torch has no skipped step to warn about.
+            if scaler.get_scale() >= scale:
+                scheduler.step()
             history.steps.append(_step_record(model, optimizer, epoch,
                                               mean_across_processes(loss)))
             batches.set_postfix(loss=f"{history.steps[-1]['loss']:.3f}")
