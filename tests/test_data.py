@@ -535,6 +535,22 @@ def test_collator_pads_to_the_longest_and_truncates():
     assert short["input_ids"].shape == (2, 3)
 
 
+def test_collator_tokens_equal_the_tokenizers_own_padding_call_after_call():
+    """The collator remembers each caption's ids; batches must still be exactly what the
+    tokenizer pads, for new captions, remembered ones and repeats within a batch."""
+    texts = ["a dog runs on the grass", "a cat", "two red circles above a blue square", "a dog"]
+    tokenizer = train_wordpiece_tokenizer(texts, 100)
+    collate = CaptionCollator(tokenizer, max_length=6)
+    for captions in (texts[:2], texts, [texts[3], texts[1], texts[3]]):
+        batch = collate([{"image": torch.zeros(3, 4, 4), "caption": c, "image_index": i}
+                         for i, c in enumerate(captions)])
+        expected = tokenizer(captions, padding="longest", truncation=True, max_length=6,
+                             return_tensors="pt")
+        assert torch.equal(batch["input_ids"], expected["input_ids"].long())
+        assert torch.equal(batch["attention_mask"], expected["attention_mask"].long())
+        assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
+
+
 def test_caption_positives_match_exact_text_after_strip_and_lower():
     captions_of_images = [["A red circle", "a circle"], ["A circle ", "a blue square"], ["x"]]
     texts = ["a circle", " A RED CIRCLE", "a blue square", "a square", "x"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from utils.synthetic import (
     shape_footprint,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"num_train": 20, "num_dev": 5, "num_test": 5, "image_size": 64, "seed": 0}
 NUM_IMAGES = 30
 SIZE = 64
@@ -366,6 +370,30 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
     assert all(
         hashes[f"Images/{i:06d}.png"] != other_hashes[f"Images/{i:06d}.png"] for i in range(5)
     )
+
+
+def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
+    one = generate_captioned_shapes(tmp_path / "one", **SMALL, workers=1, progress=False)
+    three = generate_captioned_shapes(tmp_path / "three", **SMALL, workers=3, progress=False)
+    assert _file_hashes(one) == _file_hashes(three)
+
+
+def test_a_script_without_a_main_guard_still_gets_its_dataset(tmp_path: Path) -> None:
+    """Worker processes start by re-running such a script, which cannot work; the generator says
+    so and draws the images itself."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from utils.synthetic import generate_captioned_shapes\n"
+        f"generate_captioned_shapes({str(tmp_path / 'made')!r}, num_train=20, num_dev=5, "
+        "num_test=5, workers=2, progress=False)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "drawing it in this process instead" in done.stderr
+    expected = generate_captioned_shapes(tmp_path / "expected", **SMALL, workers=1, progress=False)
+    assert _file_hashes(tmp_path / "made") == _file_hashes(expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["expected", "made", "no_guard.py"]
 
 
 def test_ensure_reuses_then_regenerates_when_arguments_change(tmp_path: Path) -> None:

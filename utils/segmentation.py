@@ -149,9 +149,14 @@ def masks_from_probabilities(probabilities: torch.Tensor, background: str = "ent
         return probabilities.argmax(1)
     if background != "entropy":
         raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
-    masks = probabilities.argmax(1) + 1
-    masks[normalised_entropy(probabilities) > threshold] = 0
-    return masks
+    return entropy_masks(probabilities.argmax(1), normalised_entropy(probabilities), threshold)
+
+
+def entropy_masks(best_class: torch.Tensor, entropy: torch.Tensor, threshold: float
+                  ) -> torch.Tensor:
+    """PACL's background rule: ``[B, H, W]`` argmax class and normalised entropy -> masks, with
+    0 where the entropy is above ``threshold`` (too unsure: background) and ``c + 1`` elsewhere."""
+    return (best_class + 1).masked_fill(entropy > threshold, 0)
 
 
 @dataclass
@@ -329,9 +334,11 @@ def confusions_by_threshold(probabilities: torch.Tensor, targets: torch.Tensor, 
     """``[B, K, H, W]`` class probabilities and ``[B, H, W]`` targets -> one confusion matrix per
     entropy threshold, ``[len(thresholds), num_classes, num_classes]``. Sum them over batches (or
     over images of different sizes) to score a whole set at every threshold in one pass."""
+    # Only the threshold changes: the argmax and the entropy are computed once.
+    best_class, entropy = probabilities.argmax(1), normalised_entropy(probabilities)
     return torch.stack([
-        segmentation_confusion(masks_from_probabilities(probabilities, "entropy", t), targets,
-                               num_classes, ignore_index)
+        segmentation_confusion(entropy_masks(best_class, entropy, t), targets, num_classes,
+                               ignore_index)
         for t in thresholds])
 
 

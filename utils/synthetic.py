@@ -17,13 +17,17 @@ import argparse
 import csv
 import functools
 import json
+import multiprocessing
 import os
 import secrets
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +57,8 @@ GENERATOR_NAME = "captioned_shapes"
 # Bump whenever a change alters the generated files, so that ensure_captioned_shapes regenerates.
 GENERATOR_VERSION = 2
 MARKER_FILE = "dataset.json"
+MAX_WORKERS = 4         # processes that draw a large set (one per core, at most this many)
+PARALLEL_FROM = 2000    # below this many images, starting processes costs more than it saves
 
 # Side of a shape's square box as a fraction of the image side.
 SIZE_RANGES: dict[str, tuple[float, float]] = {"small": (0.20, 0.28), "large": (0.40, 0.55)}
@@ -583,26 +589,57 @@ def _split_names(arguments: dict[str, int]) -> dict[str, list[str]]:
     return names
 
 
+def _write_one(job: tuple[Path, int, str, int, int]) -> tuple[list[str], list[dict[str, object]]]:
+    """Render image ``index`` and save it and its mask; returns its captions and objects."""
+    folder, index, name, seed, image_size = job
+    # One generator per image: image i depends only on (seed, i), not on the split sizes or on
+    # which process draws it.
+    sample = render_sample(np.random.default_rng([seed, index]), image_size)
+    _save_png(folder / "Images" / name, sample.image)
+    _save_png(folder / "masks" / name, sample.mask)
+    return sample.captions, [obj.to_json() for obj in sample.objects]
+
+
 def _write_images(
-    folder: Path, names: list[str], arguments: dict[str, int], progress: bool
+    folder: Path, names: list[str], arguments: dict[str, int], workers: int | None, progress: bool
 ) -> tuple[list[tuple[str, str]], dict[str, list[dict[str, object]]]]:
-    """Render and save every image and mask. Returns (image, caption) rows and objects per image."""
+    """Render and save every image and mask. Returns (image, caption) rows and objects per image.
+
+    Rendering and PNG encoding are plain Python and numpy work that one process cannot spread
+    over cores, so ``workers`` processes share it (``None``: one per core, up to 4, for 2000
+    images or more). The results come back in order and every image depends on its index alone,
+    so the files are the same whatever the number of processes.
+    """
     (folder / "Images").mkdir()
     (folder / "masks").mkdir()
-    rows: list[tuple[str, str]] = []
-    objects: dict[str, list[dict[str, object]]] = {}
-    for index, name in enumerate(
-        tqdm(names, desc="captioned shapes", unit="img", disable=not progress)
-    ):
-        # One generator per image: image i depends only on (seed, i), not on the split sizes.
-        sample = render_sample(
-            np.random.default_rng([arguments["seed"], index]), arguments["image_size"]
-        )
-        _save_png(folder / "Images" / name, sample.image)
-        _save_png(folder / "masks" / name, sample.mask)
-        rows.extend((name, caption) for caption in sample.captions)
-        objects[name] = [obj.to_json() for obj in sample.objects]
+    jobs = [(folder, index, name, arguments["seed"], arguments["image_size"])
+            for index, name in enumerate(names)]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, MAX_WORKERS) if len(jobs) >= PARALLEL_FROM else 1
+    results = None
+    if workers > 1:
+        try:
+            results = _draw_in_processes(jobs, workers, progress)
+        except BrokenProcessPool:
+            warnings.warn("Could not draw the dataset in worker processes (a script that calls "
+                          "this at import time needs `if __name__ == '__main__':`); drawing it "
+                          "in this process instead.", RuntimeWarning, stacklevel=3)
+    if results is None:
+        results = list(tqdm(map(_write_one, jobs), total=len(jobs), desc="captioned shapes",
+                            unit="img", disable=not progress))
+    rows = [(name, caption) for name, (captions, _) in zip(names, results, strict=True)
+            for caption in captions]
+    objects = {name: objs for name, (_, objs) in zip(names, results, strict=True)}
     return rows, objects
+
+
+def _draw_in_processes(jobs: list, workers: int, progress: bool) -> list:
+    # "spawn", not "fork": a forked copy of a process that runs threads (torch's) can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(tqdm(pool.map(_write_one, jobs, chunksize=100), total=len(jobs),
+                         desc=f"captioned shapes ({workers} processes)", unit="img",
+                         disable=not progress))
 
 
 def _write_text_files(
@@ -649,13 +686,15 @@ def generate_captioned_shapes(
     num_test: int = 1000,
     image_size: int = 64,
     seed: int = 0,
+    workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """(Re)generate the dataset under ``root`` in Flickr8k's Kaggle layout and return ``root``.
 
     Writes ``Images/NNNNNN.png`` (RGB, image_size^2), ``masks/NNNNNN.png`` (mode L, class ids),
     ``captions.txt`` (``image,caption`` header, 5 rows per image), ``Flickr_8k.{train,dev,test}Images.txt``,
-    ``classes.txt``, ``objects.json`` and the marker ``dataset.json``. Everything is built in a hidden
+    ``classes.txt``, ``objects.json`` and the marker ``dataset.json``. ``workers`` processes draw the
+    images (``None``: one per core, up to 4, from 2000 images on). Everything is built in a hidden
     sibling folder and renamed into place at the end, so an interrupted run leaves no partial ``root``
     (and an existing dataset at ``root`` stays untouched until the new one is complete).
     Raises FileExistsError if ``root`` is a non-empty folder that this generator did not make.
@@ -670,7 +709,7 @@ def generate_captioned_shapes(
     try:
         splits = _split_names(arguments)
         names = [name for split in SPLIT_FILES for name in splits[split]]
-        rows, objects = _write_images(building, names, arguments, progress)
+        rows, objects = _write_images(building, names, arguments, workers, progress)
         _write_text_files(building, splits, rows, objects)
         # The marker is written last: its presence certifies that everything else is there.
         marker = json.dumps(_marker(arguments), indent=2) + "\n"
@@ -690,6 +729,7 @@ def ensure_captioned_shapes(
     num_test: int = 1000,
     image_size: int = 64,
     seed: int = 0,
+    workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Return ``root`` at once if it already holds a complete dataset generated with the same
@@ -698,7 +738,7 @@ def ensure_captioned_shapes(
     root = Path(root).expanduser()
     if _is_complete(root, arguments):
         return root
-    return generate_captioned_shapes(root, **arguments, progress=progress)
+    return generate_captioned_shapes(root, **arguments, workers=workers, progress=progress)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
