@@ -317,8 +317,8 @@ saw on its own, and its cosine with a caption is a by-product: it can be right w
 happened to rely on that patch, and arbitrary elsewhere. The PACL paper reports that segmenting
 with raw CLIP ViT-B/16 patch tokens works poorly (VOC-20 mIoU about 42, against 72 with PACL).
 (In FAST mode the CLIP is nearly untrained and the maps are noise.)
-A full offline run (this notebook after a full notebook 01, on 2 CPU cores) printed 0.76: on
-the course's CLIP, the maps of five different words on one image are mostly copies of each other.
+A full offline run (this notebook after a full notebook 01, on 2 CPU cores) printed 0.69: on
+the course's CLIP, the maps of five different words on one image are largely copies of each other.
 """)
 
 # ================================================================================================
@@ -488,8 +488,8 @@ md("""
 - **Logit scale.** The learnt sharpness of the softmax over the batch; it rises as the
   compatibilities become reliable enough to be trusted. In FAST mode (36 steps) none of the
   curves has time to go far.
-- **Measured.** A full offline run printed 4 epochs, 372 steps in 29 s; loss 4.174 -> 2.532
-  (ln 64 = 4.159); logit scale 14.3 -> 20.2.
+- **Measured.** A full offline run printed 4 epochs, 372 steps in 26 s; loss 4.167 -> 2.462
+  (ln 64 = 4.159); logit scale 14.3 -> 20.9.
 """)
 
 # ================================================================================================
@@ -613,10 +613,10 @@ to see how much the prompt's form matters, which is why the paper, and notebook 
 segmentation prompts from templates. (In FAST mode the backbone is barely trained: any gain there
 comes from the embedder alone.)
 
-A full offline run printed these AUCs (frozen CLIP -> after PACL): shape words 0.234 -> 0.694,
-templated colour words 0.426 -> 0.955, "something red" 0.787 -> 0.934. Before PACL the shape maps
+A full offline run printed these AUCs (frozen CLIP -> after PACL): shape words 0.236 -> 0.528,
+templated colour words 0.478 -> 0.955, "something red" 0.786 -> 0.949. Before PACL the shape maps
 point at the wrong place (below 0.5: the background lights up more than the shape); after it,
-every kind of word points the right way. Keep this in mind in notebook 03: an AUC ranks the
+every kind of word points the right way, colours clearly and shapes only just. Keep this in mind in notebook 03: an AUC ranks the
 pixels of *one* word's map, while a mask has to compare the words with each other, pixel by
 pixel, and decide where there is nothing at all.
 """)
@@ -733,11 +733,11 @@ How to read it:
 
 PACL does not aim to replace CLIP's image-level score: it adds a patch-level one.
 
-A full offline run printed, for CLIP / frozen compatibility / PACL: zero-shot shape 0.873 /
-0.410 / 0.844, zero-shot colour 1.000 for all three, text->image R@1 0.585 / 0.133 / 0.394 and
-R@5 0.901 / 0.375 / 0.722 (339 single-shape test images for zero-shot; 1000 images and 5000
-captions for retrieval). The embedder recovers most of CLIP's zero-shot accuracy and part of its
-retrieval, as the paper reports at a much larger scale.
+A full offline run printed, for CLIP / frozen compatibility / PACL: zero-shot shape 0.932 /
+0.448 / 0.947, zero-shot colour 1.000 for all three, text->image R@1 0.615 / 0.148 / 0.461 and
+R@5 0.921 / 0.434 / 0.776 (339 single-shape test images for zero-shot; 1000 images and 5000
+captions for retrieval). The embedder recovers CLIP's zero-shot accuracy (here it even edges past
+it) and part of its retrieval, as the paper reports at a much larger scale.
 """)
 
 # ================================================================================================

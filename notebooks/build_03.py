@@ -251,7 +251,7 @@ Where the embedder has learnt a shape, its heatmap is brightest on that shape; w
 look alike, the model cannot tell the classes apart there. The scores are cosines, and what
 decides a pixel is the *gap* between the best class and the runner-up (printed above), which is
 small next to the cosines' range of -1 to 1. The next step sharpens it. (A full offline run printed
-a mean gap of 0.061 on its first test image.)
+a mean gap of 0.054 on its first test image.)
 
 **Probabilities, argmax, background.** Multiplying the cosines by the logit scale learnt in
 training (PACL's own, or CLIP's for the raw patches) and taking a softmax over the classes gives
@@ -344,11 +344,12 @@ bars show which shapes each method tells apart. In FAST mode the models have tra
 few epochs, and the bars are low for every method.
 
 A full offline run (notebooks 01 and 02 run in full first, on 2 CPU cores; the same models and
-numbers as `make demo`) printed mIoU 0.196 for the raw patches (threshold 0.25, pixel accuracy
-0.678) and 0.170 for PACL (threshold 0.30, pixel accuracy 0.747), far from the course's bar of
-0.50. PACL calls more background pixels right and fewer shape pixels: its maps point at the
-right shapes (notebook 02's AUCs), but at each pixel the classes' scores lie close together
-and the background is not where the entropy is high. Section 6 measures why.
+numbers as `make demo`) printed mIoU 0.190 for the raw patches (threshold 0.25, pixel accuracy
+0.673) and 0.178 for PACL (threshold 0.55, pixel accuracy 0.617), far from the course's bar of
+0.50. PACL finds a few more circles and triangles than the raw patches, and loses most stars and
+crosses and some background: its maps point at the right shapes (notebook 02's AUCs), but at
+each pixel the classes' scores lie close together and the background is not where the entropy
+is high. Section 6 measures why.
 
 **How much does the threshold matter?** Each curve is a method's dev-set mIoU as the threshold
 moves; the dot marks the value picked.
@@ -422,7 +423,7 @@ print(format_table([f"background rule ({METHOD})", "test mIoU"], list(background
 """)
 
 md("""
-A full offline run printed 0.170 with the entropy threshold and 0.072 with the background
+A full offline run printed 0.178 with the entropy threshold and 0.075 with the background
 prompts, for PACL. The prompts' words ("plain", "empty", "nothing") never occur in the synthetic
 captions, so the course's text encoder has nothing to say about them, and the background class
 wins at the wrong pixels. On Colab, with OpenAI's CLIP, such words carry meaning.
@@ -581,15 +582,15 @@ The worst cases and the per-class bars above show the failure modes; these are t
   grid lie over background and each sees about 40 of the image's 64 pixels, so once averaged into
   the image vector they serve the CLIP loss best by summarising the whole picture, and nothing
   in the loss asks a cell to describe only what lies under it. `bench/patch_probe.py` measures
-  it on `make demo`'s models: "a high best-class cosine means shape" scores an AUROC of 0.14 on
-  the raw patches (0.5 is chance, lower is inverted), and "low entropy means shape" only 0.56
-  (raw) and 0.51 (PACL).
+  it on `make demo`'s models: "a high best-class cosine means shape" scores an AUROC of 0.12 on
+  the raw patches (0.5 is chance, lower is inverted), and "low entropy means shape" only 0.54
+  (raw) and 0.52 (PACL).
 - **PACL only aligns what the backbone knows.** The embedder is a small head on frozen features.
   If the frozen CLIP does not tell two shapes apart, PACL cannot either; its gains come from
   making patches agree with the text, not from new visual knowledge. Notebook 02's localisation
   scores (colour words against shape words) show the same thing. The same script trains a probe
-  *with the masks* on the raw patch vectors: it reaches a cell-level mIoU of 0.46 (linear) and
-  0.59 (one hidden layer). A method that learns from captions alone should not be expected to
+  *with the masks* on the raw patch vectors: it reaches a cell-level mIoU of 0.48 (linear) and
+  0.60 (one hidden layer). A method that learns from captions alone should not be expected to
   pass that.
 - **Prompts matter.** A class is only as good as its text vector. Words the text encoder saw
   during training, in the templates used to train PACL, work best; the explorer is the quickest

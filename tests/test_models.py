@@ -151,7 +151,7 @@ def test_length_buckets_give_the_same_states_and_gradients(buckets):
     plain = states_and_gradient(
         lambda: encoder.transformer(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0])
     bucketed = states_and_gradient(lambda: encoder(ids, mask))
-    for got, expected in zip(bucketed, plain):
+    for got, expected in zip(bucketed, plain, strict=True):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 

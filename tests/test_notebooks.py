@@ -162,3 +162,21 @@ def test_format_table_aligns_columns() -> None:
 
     lines = format_table(["name", "value"], [("a", 0.5), ("longer", 12)]).splitlines()
     assert lines == ["name    value", "------  -----", "a       0.500", "longer     12"]
+
+
+def test_run_notebooks_script_keeps_the_executed_copy_and_its_text(tmp_path: Path) -> None:
+    """scripts/run_notebooks.py, which produces the numbers quoted in the notebooks, on the
+    quickest notebook in FAST mode."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CLIP_PACL_DATA": str(tmp_path / "data"),
+           "CLIP_PACL_OUTPUTS": str(tmp_path / "outputs")}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "run_notebooks.py"), "--fast",
+                           "--only", "04", "--out", str(tmp_path / "executed")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    executed = tmp_path / "executed" / "04_assignment.ipynb"
+    assert "04_assignment.ipynb" in done.stdout and "FAST mode" in done.stdout
+    assert any(cell.get("outputs") for cell in _read(executed).cells)
+    assert "--- cell" in (tmp_path / "executed" / "04_assignment.txt").read_text()

@@ -603,7 +603,7 @@ class CaptionCollator:
         new = [c for c in dict.fromkeys(captions) if c not in self._token_ids]
         if new:
             ids = self.tokenizer(new, truncation=True, max_length=self.max_length)["input_ids"]
-            self._token_ids.update(zip(new, ids))
+            self._token_ids.update(zip(new, ids, strict=True))
         rows = [self._token_ids[caption] for caption in captions]
         input_ids = np.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id)
         attention_mask = np.zeros(input_ids.shape, dtype=np.int64)
