@@ -235,7 +235,7 @@ image, truth = load_image(files.images_dir / name), load_mask(masks_dir / name)
 pixels = backbone.image_transform(IMAGE_SIZE)(image=image)["image"][None]    # [1, 3, s, s]
 patches = patch_embeddings(backbone, pixels, METHOD, pacl).float()          # [1, P, D]
 texts = pacl.embed_texts(class_emb) if METHOD == "pacl" else class_emb       # [C, D]
-scores = patch_text_similarity(patches, texts)                              # [1, C, P]
+scores = patch_text_similarity(patches, texts).cpu()                        # [1, C, P], to plot
 coarse = scores.reshape(1, len(CLASSES), *GRID)                             # [1, C, h, w]
 fine = F.interpolate(coarse, size=image.shape[:2], mode="bilinear",
                      align_corners=False)                                   # [1, C, H, W]
