@@ -20,19 +20,16 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.data import CaptionCollator, build_transform, load_split, locate_dataset  # noqa: E402
-from utils.demo import DemoConfig  # noqa: E402
-from utils.image_cache import ArrayImageCaptionDataset, cache_image_array  # noqa: E402
-from utils.models import CLIP, CLIPConfig  # noqa: E402
-from utils.synthetic import ensure_captioned_shapes  # noqa: E402
+from utils.data import load_split, locate_dataset  # noqa: E402
+from utils.demo import DemoConfig, demo_clip, demo_train_loader, ensure_demo_dataset  # noqa: E402
+from utils.image_cache import cache_image_array  # noqa: E402
 from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
 from utils.train import clip_batch_loss, clip_parameter_groups  # noqa: E402
 
@@ -53,10 +50,8 @@ def main() -> None:
     parser.add_argument("--data", default=DemoConfig.data_root)
     parser.add_argument("--batches", type=int, default=20)
     args = parser.parse_args()
-    config = DemoConfig()
-    files = locate_dataset(ensure_captioned_shapes(
-        args.data, **{k: v for k, v in asdict(config).items()
-                      if k in ("num_train", "num_dev", "num_test", "image_size", "seed")}))
+    config = replace(DemoConfig(), data_root=args.data, progress=False)
+    files = locate_dataset(ensure_demo_dataset(config))
     train_items = load_split(files, "train")
     tokenizer = train_wordpiece_tokenizer([c for _, captions in train_items for c in captions],
                                           vocab_size=config.vocab_size)
@@ -64,23 +59,14 @@ def main() -> None:
         images = cache_image_array(files.images_dir, [name for name, _ in train_items],
                                    Path(tmp) / "train.npy", image_size=config.image_size,
                                    progress=False)
-        loader = DataLoader(
-            ArrayImageCaptionDataset(images, train_items,
-                                     build_transform(config.image_size, train=True, seed=0)),
-            batch_size=config.batch_size, shuffle=True, drop_last=True,
-            collate_fn=CaptionCollator(tokenizer, config.max_length,
-                                       captions_of_images=[c for _, c in train_items],
-                                       captions_per_image=config.captions_per_image))
+        loader = demo_train_loader(config, tokenizer, train_items, images)
         start = time.perf_counter()
         batches = [batch for batch in loader]
         loading_seconds = time.perf_counter() - start
     batches = batches[:args.batches + 2]
 
     torch.manual_seed(0)
-    model = CLIP(CLIPConfig(image_size=config.image_size, cnn_width=config.cnn_width,
-                            embed_dim=config.embed_dim, dropout=config.dropout,
-                            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                            max_length=config.max_length))
+    model = demo_clip(config, tokenizer)
     optimizer = torch.optim.AdamW(clip_parameter_groups(model, 1e-3, 1e-3, 0.05))
 
     def image_side(batch: dict) -> None:

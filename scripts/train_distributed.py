@@ -37,7 +37,7 @@ from utils.data import (  # noqa: E402
     load_split,
     locate_dataset,
 )
-from utils.demo import DemoConfig  # noqa: E402
+from utils.demo import DemoConfig, demo_clip  # noqa: E402
 from utils.distributed import (  # noqa: E402
     barrier,
     broadcast_from_rank_0,
@@ -48,7 +48,7 @@ from utils.distributed import (  # noqa: E402
     world_size,
 )
 from utils.evaluation import embed_split  # noqa: E402
-from utils.models import CLIP, CLIPConfig, save_clip  # noqa: E402
+from utils.models import save_clip  # noqa: E402
 from utils.synthetic import ensure_captioned_shapes  # noqa: E402
 from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
 from utils.train import TrainConfig, clip_parameter_groups, fit, resolve_device  # noqa: E402
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                                                    captions_of_images=captions_of_images,
                                                    captions_per_image=defaults.captions_per_image))
 
-    model = CLIP(CLIPConfig(image_size=defaults.image_size, cnn_width=defaults.cnn_width,
-                            embed_dim=defaults.embed_dim, dropout=defaults.dropout,
-                            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                            max_length=defaults.max_length))
+    model = demo_clip(defaults, tokenizer)
     if is_distributed() and device.type == "cuda":
         # The tiny CNN's BatchNorm would otherwise see only this GPU's share of each batch.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -106,33 +106,29 @@ class DemoConfig:
                            pacl_epochs=2, pacl_batch_size=32, seg_tune_images=100), **overrides)
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run the whole job; returns the metrics dictionary it also writes to ``metrics.json``."""
-    started = time.perf_counter()
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-
-    root = ensure_captioned_shapes(config.data_root, num_train=config.num_train,
+def ensure_demo_dataset(config: DemoConfig) -> Path:
+    """The synthetic set of ``config`` (split sizes, image size, seed) at ``config.data_root``,
+    generated if absent."""
+    return ensure_captioned_shapes(config.data_root, num_train=config.num_train,
                                    num_dev=config.num_dev, num_test=config.num_test,
                                    image_size=config.image_size, seed=config.seed,
                                    progress=config.progress)
-    files = locate_dataset(root)
-    train_items, dev_items, test_items = (load_split(files, s) for s in ("train", "dev", "test"))
-    tokenizer = train_wordpiece_tokenizer(
-        [c for _, captions in train_items for c in captions], vocab_size=config.vocab_size)
 
-    model = CLIP(CLIPConfig(image_size=config.image_size, cnn_width=config.cnn_width,
-                            attention_pool=config.attention_pool, embed_dim=config.embed_dim,
-                            dropout=config.dropout,
-                            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                            max_length=config.max_length))
-    # Decode the training images once into a uint8 array: every epoch then skips PNG decoding
-    # (about 2 s of each ~17 s epoch here) and sees exactly the same tensors.
-    train_images = cache_image_array(files.images_dir, [name for name, _ in train_items],
-                                     out_dir / "cache" / f"train_{config.image_size}px.npy",
-                                     image_size=config.image_size, progress=config.progress)
-    train_loader = DataLoader(
+
+def demo_clip(config: DemoConfig, tokenizer) -> CLIP:
+    """The untrained CLIP that the demo trains: tiny CNN + tiny DistilBERT sized by ``config``."""
+    return CLIP(CLIPConfig(image_size=config.image_size, cnn_width=config.cnn_width,
+                           attention_pool=config.attention_pool, embed_dim=config.embed_dim,
+                           dropout=config.dropout,
+                           vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                           max_length=config.max_length))
+
+
+def demo_train_loader(config: DemoConfig, tokenizer, train_items: list,
+                      train_images: np.ndarray) -> DataLoader:
+    """Shuffled, augmented training batches from the decoded images ``[N, S, S, 3]`` (in
+    ``train_items``' order), ``config.captions_per_image`` captions per image."""
+    return DataLoader(
         ArrayImageCaptionDataset(train_images, train_items,
                                  build_transform(config.image_size, train=True, seed=config.seed)),
         batch_size=config.batch_size, shuffle=True, drop_last=True,
@@ -140,6 +136,27 @@ def run_demo(config: DemoConfig) -> dict:
         collate_fn=CaptionCollator(tokenizer, config.max_length,
                                    captions_of_images=[captions for _, captions in train_items],
                                    captions_per_image=config.captions_per_image))
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run the whole job; returns the metrics dictionary it also writes to ``metrics.json``."""
+    started = time.perf_counter()
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+
+    files = locate_dataset(ensure_demo_dataset(config))
+    train_items, dev_items, test_items = (load_split(files, s) for s in ("train", "dev", "test"))
+    tokenizer = train_wordpiece_tokenizer(
+        [c for _, captions in train_items for c in captions], vocab_size=config.vocab_size)
+
+    model = demo_clip(config, tokenizer)
+    # Decode the training images once into a uint8 array: every epoch then skips PNG decoding
+    # (about 2 s of each ~17 s epoch here) and sees exactly the same tensors.
+    train_images = cache_image_array(files.images_dir, [name for name, _ in train_items],
+                                     out_dir / "cache" / f"train_{config.image_size}px.npy",
+                                     image_size=config.image_size, progress=config.progress)
+    train_loader = demo_train_loader(config, tokenizer, train_items, train_images)
 
     def validate(model: CLIP) -> dict:
         return embed_split(model, tokenizer, files.images_dir, dev_items, config.image_size,
