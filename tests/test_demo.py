@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from utils import synthetic
 from utils.backbones import CourseCLIPBackbone
-from utils.demo import DemoConfig, format_summary, main, run_demo
+from utils.data import load_split, locate_dataset
+from utils.demo import (
+    DemoConfig,
+    draw_dataset_in_child_process,
+    ensure_demo_dataset,
+    format_summary,
+    main,
+    run_demo,
+)
 from utils.models import load_clip
 from utils.pacl_io import load_pacl
 
@@ -82,6 +91,21 @@ def test_command_line_reuses_the_dataset(fast_run, capsys):
           "--out", config.out_dir + "_cli"])
     assert marker.stat().st_mtime_ns == before
     assert "text to image" in capsys.readouterr().out
+
+
+def test_command_line_draws_the_dataset_that_run_demo_expects(tmp_path, monkeypatch):
+    # The command line draws the dataset in a child process (``python -m utils.synthetic``);
+    # run_demo must then find it complete instead of drawing it a second time.
+    config = DemoConfig.fast(data_root=str(tmp_path / "data"), num_train=12, num_dev=4,
+                             num_test=4, seed=3, progress=False)
+    draw_dataset_in_child_process(config)
+
+    def drawn_again(*args, **kwargs):
+        raise AssertionError("ensure_demo_dataset regenerated the dataset")
+
+    monkeypatch.setattr(synthetic, "generate_captioned_shapes", drawn_again)
+    root = ensure_demo_dataset(config)
+    assert len(load_split(locate_dataset(root), "train")) == 12
 
 
 def _patch_probe():

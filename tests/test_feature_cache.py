@@ -20,6 +20,7 @@ from utils.feature_cache import (
     cache_features,
     pacl_feature_loader,
 )
+from utils.image_cache import cache_image_array
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
 from utils.prompts import synthetic_object_words, training_texts
 from utils.synthetic import generate_captioned_shapes
@@ -70,6 +71,31 @@ def test_cache_holds_the_backbones_features(tokenizer, shapes, tmp_path):
                                backbone.patch_embeddings(first)[0], atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(torch.from_numpy(np.array(cache.text_emb[:5])).float(),
                                backbone.text_embeddings(cache.texts[:5]), atol=2e-3, rtol=2e-3)
+
+
+def test_cache_from_an_image_array_equals_the_cache_from_files(tokenizer, shapes, tmp_path):
+    images_dir, items = shapes
+    backbone = CourseCLIPBackbone(course_clip(tokenizer), tokenizer)
+    from_files = build(backbone, shapes, tmp_path / "files")
+    # The array in another order than the items: rows are found by name.
+    array = cache_image_array(images_dir, [name for name, _ in reversed(items)],
+                              tmp_path / "train.npy", image_size=IMAGE_SIZE, progress=False)
+    from_array = cache_features(backbone, images_dir, items, IMAGE_SIZE, tmp_path / "array",
+                                "shapes-train", image_array=array, batch_size=6, progress=False)
+    np.testing.assert_array_equal(from_array.patch_emb, from_files.patch_emb)
+    np.testing.assert_array_equal(from_array.text_emb, from_files.text_emb)
+    assert from_array.folder.name == from_files.folder.name   # same key: the same cache
+
+    # ... and the pixels really come from the array: darken one image there, and only its
+    # patches change.
+    pixels = np.load(array, mmap_mode="r+")
+    pixels[-1] //= 2        # the last row holds the first item
+    pixels.flush()
+    del pixels
+    altered = cache_features(backbone, images_dir, items, IMAGE_SIZE, tmp_path / "altered",
+                             "shapes-train", image_array=array, batch_size=6, progress=False)
+    assert not np.array_equal(altered.patch_emb[0], from_files.patch_emb[0])
+    np.testing.assert_array_equal(altered.patch_emb[1:], from_files.patch_emb[1:])
 
 
 def test_cache_is_reused_and_invalidated(tokenizer, shapes, tmp_path):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -115,6 +117,24 @@ def ensure_demo_dataset(config: DemoConfig) -> Path:
                                    progress=config.progress)
 
 
+def draw_dataset_in_child_process(config: DemoConfig) -> None:
+    """Run ``python -m utils.synthetic`` for ``config``'s dataset: it returns at once when the
+    dataset is there, and draws it otherwise. :func:`ensure_demo_dataset` then finds it complete.
+
+    Why a child process, for the command line: the generator shares the drawing among spawned
+    worker processes, and a spawned process starts by importing its parent's main module. Under
+    ``python -m utils.demo`` that module is this one, with torch and transformers behind it: each
+    worker spent about 6 s importing them before drawing a shape (8000 images: 20 s instead of
+    14 s on 2 cores). The generator's own entry point leaves its workers light. (In a notebook the
+    main module is the kernel's launcher, which is light already.)
+    """
+    command = [sys.executable, "-m", "utils.synthetic", "--root", str(Path(config.data_root).resolve()),
+               "--num-train", str(config.num_train), "--num-dev", str(config.num_dev),
+               "--num-test", str(config.num_test), "--image-size", str(config.image_size),
+               "--seed", str(config.seed), *([] if config.progress else ["--no-progress"])]
+    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
+
+
 def demo_clip(config: DemoConfig, tokenizer) -> CLIP:
     """The untrained CLIP that the demo trains: tiny CNN + tiny DistilBERT sized by ``config``."""
     return CLIP(CLIPConfig(image_size=config.image_size, cnn_width=config.cnn_width,
@@ -188,7 +208,8 @@ def run_demo(config: DemoConfig) -> dict:
     if not config.clip_only:
         backbone = CourseCLIPBackbone(model, tokenizer)
         pacl_started = time.perf_counter()
-        pacl, pacl_history = train_pacl(config, backbone, files, train_items, out_dir)
+        pacl, pacl_history = train_pacl(config, backbone, files, train_items, train_images,
+                                        out_dir)
         metrics["pacl"] = {"first_train_loss": pacl_history.steps[0]["loss"],
                            "final_train_loss": float(np.mean([s["loss"] for s in
                                                               pacl_history.steps[-10:]])),
@@ -203,8 +224,11 @@ def run_demo(config: DemoConfig) -> dict:
 
 
 def train_pacl(config: DemoConfig, backbone: CourseCLIPBackbone, files: DatasetFiles,
-               train_items: list, out_dir: Path) -> tuple[PACL, History]:
+               train_items: list, train_images: Path, out_dir: Path) -> tuple[PACL, History]:
     """PACL on the frozen CLIP: training texts -> feature cache -> vision embedder -> ``pacl/``.
+
+    ``train_images`` is CLIP's decoded training array (:func:`utils.image_cache.cache_image_array`),
+    read again here instead of the PNGs.
 
     Each image's texts are its captions plus its objects ("circle", "red circle") in a prompt
     template, as the paper augments captions with the nouns they name.
@@ -214,7 +238,8 @@ def train_pacl(config: DemoConfig, backbone: CourseCLIPBackbone, files: DatasetF
     items = [(name, training_texts(captions, synthetic_object_words(objects, name), rng=rng))
              for name, captions in train_items]
     cache = cache_features(backbone, files.images_dir, items, config.image_size,
-                           out_dir / "cache", "captioned-shapes-train", progress=config.progress)
+                           out_dir / "cache", "captioned-shapes-train", image_array=train_images,
+                           progress=config.progress)
     seed_everything(config.seed)
     pacl = PACL(config.embed_dim, softmax_temperature=config.pacl_softmax_temperature)
     history = fit(pacl, pacl_parameter_groups(pacl, config.pacl_lr),
@@ -340,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     config = DemoConfig.fast(**overrides) if args.fast else replace(DemoConfig(), **overrides)
+    draw_dataset_in_child_process(config)
     metrics = run_demo(config)
     print(format_summary(metrics))
     print(f"wrote {config.out_dir}/metrics.json and figures")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from utils.atomic import atomic_folder
 from utils.backbones import FrozenBackbone
 from utils.data import ImageCaptionDataset
+from utils.image_cache import ArrayImageCaptionDataset
 
 CACHE_FORMAT = 1
 PATCHES_FILE = "patch_emb.npy"
@@ -80,8 +81,9 @@ class FeatureCache:
 
 def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
                    items: Sequence[tuple[str, Sequence[str]]], image_size: int,
-                   cache_dir: str | Path, dataset_key: str, *, batch_size: int = 64,
-                   num_workers: int = 0, progress: bool = True) -> FeatureCache:
+                   cache_dir: str | Path, dataset_key: str, *, image_array: str | Path | None = None,
+                   batch_size: int = 64, num_workers: int = 0, progress: bool = True
+                   ) -> FeatureCache:
     """Compute the frozen backbone's patch and text embeddings once and keep them on disk.
 
     Args:
@@ -97,6 +99,10 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
             augmentation: the cache holds one view of each image).
         cache_dir: parent folder of the caches.
         dataset_key: names the image set (e.g. ``"flickr8k-train"``); part of the cache's key.
+        image_array: optional :func:`utils.image_cache.cache_image_array` file of these images at
+            ``image_size``: their pixels are read from it instead of decoding ``images_dir``'s
+            files. The tensors are the same, so is the cache (and its key); only the decoding is
+            skipped (the demo trained its CLIP from such an array already).
 
     Returns:
         The :class:`FeatureCache`. It lives in ``cache_dir/<dataset_key>_<size>px_<hash>/``, the
@@ -119,8 +125,8 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
 
     # A cache of the same key that failed to load (damaged, unreadable) is replaced.
     with atomic_folder(folder) as building:
-        _write_patch_embeddings(backbone, images_dir, items, image_size, building / PATCHES_FILE,
-                                batch_size, num_workers, progress)
+        _write_patch_embeddings(backbone, images_dir, image_array, items, image_size,
+                                building / PATCHES_FILE, batch_size, num_workers, progress)
         texts, image_text_ids = _index_texts(items)
         _write_text_embeddings(backbone, texts, building / TEXTS_FILE, batch_size, progress)
         manifest = {"key": key, "image_names": [name for name, _ in items], "texts": texts,
@@ -161,12 +167,15 @@ def _load_if_valid(folder: Path, key: dict) -> FeatureCache | None:
 
 
 def _write_patch_embeddings(backbone: FrozenBackbone, images_dir: str | Path,
-                            items: list[tuple[str, list[str]]], image_size: int, path: Path,
-                            batch_size: int, num_workers: int, progress: bool) -> None:
+                            image_array: str | Path | None, items: list[tuple[str, list[str]]],
+                            image_size: int, path: Path, batch_size: int, num_workers: int,
+                            progress: bool) -> None:
     """All images' patch embeddings -> ``path`` (``.npy``, ``[N, P, D]`` float16), batch by batch
     through a memory map, so the whole array never has to fit in memory."""
-    dataset = ImageCaptionDataset(images_dir, items, backbone.image_transform(image_size),
-                                  caption_index=0)
+    transform = backbone.image_transform(image_size)
+    dataset = (ImageCaptionDataset(images_dir, items, transform, caption_index=0)
+               if image_array is None else
+               ArrayImageCaptionDataset(image_array, items, transform, caption_index=0))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     array, start = None, 0
     for batch in tqdm(loader, desc="caching patch embeddings", disable=not progress):
