@@ -161,6 +161,28 @@ def local_part(batch: dict) -> dict:
         {"positives": batch["positives"][rows, rows]} if "positives" in batch else {})
 
 
+TWO_CAPTIONS_SEED = 7   # both sides draw the same second captions
+
+
+def two_caption_batch(dataset: ImageCaptionDataset, collator: CaptionCollator) -> dict:
+    """The global batch of :func:`clip_batch_indices` with two captions per image."""
+    collate = CaptionCollator(collator.tokenizer, collator.max_length,
+                              captions_of_images=collator.captions_of_images, captions_per_image=2)
+    torch.manual_seed(TWO_CAPTIONS_SEED)
+    return collate([dataset[i] for i in clip_batch_indices(dataset)])
+
+
+def local_two_caption_part(batch: dict) -> dict:
+    """This process's images of a two-caption global batch and the texts they brought (each
+    image's captions sit next to each other, in image order)."""
+    rows = own_rows(LOCAL_BATCH)
+    texts = slice(2 * rows.start, 2 * rows.stop)
+    return {"images": batch["images"][rows], "image_index": batch["image_index"][rows],
+            "input_ids": batch["input_ids"][texts],
+            "attention_mask": batch["attention_mask"][texts], "captions": batch["captions"][texts],
+            "caption_owner": batch["caption_owner"][texts] - rows.start}
+
+
 def tiny_pacl() -> PACL:
     torch.manual_seed(1)
     return PACL(16, identity_init=False, softmax_temperature=0.5)
@@ -196,6 +218,11 @@ def worker_losses(folder: Path, tokenizer) -> dict:
     step = data_parallel(clip, gathered_clip_loss(collator.captions_of_images), torch.device("cpu"))
     clip_result = loss_and_grads(clip, step(local))
 
+    clip = tiny_vit_clip(len(tokenizer))
+    step = data_parallel(clip, gathered_clip_loss(collator.captions_of_images), torch.device("cpu"))
+    two_captions_result = loss_and_grads(
+        clip, step(local_two_caption_part(two_caption_batch(dataset, collator))))
+
     pacl = tiny_pacl()
     batch, image_text_ids = pacl_batch()
     step = data_parallel(pacl, gathered_pacl_loss(image_text_ids), torch.device("cpu"))
@@ -206,7 +233,8 @@ def worker_losses(folder: Path, tokenizer) -> dict:
     step = data_parallel(pacl, gathered_pacl_loss(), torch.device("cpu"))
     del batch["positives"]
     identity_result = loss_and_grads(pacl, step(local_part(batch)))
-    results = {"clip": clip_result, "pacl": pacl_result, "pacl_identity": identity_result}
+    results = {"clip": clip_result, "clip_two_captions": two_captions_result,
+               "pacl": pacl_result, "pacl_identity": identity_result}
     for result in results.values():
         result["loss"] = mean_across_processes(result["loss"])
     return results
@@ -293,6 +321,20 @@ def test_clip_loss_and_every_gradient_equal_the_single_process_ones(runs):
     for result in runs["losses"]:
         torch.testing.assert_close(result["clip"]["loss"], expected["loss"])
         assert_same_tensors(result["clip"]["grads"], expected["grads"])
+
+
+def test_with_two_captions_per_image_too(runs):
+    dataset, collator = shapes_data(runs["root"], runs["tokenizer"])
+    batch = two_caption_batch(dataset, collator)
+    # Two texts per image, and positives across the halves: the image embeddings are repeated
+    # per caption on each process, and the gathered positives see the other half's texts.
+    assert len(batch["captions"]) == 2 * GLOBAL_BATCH
+    assert batch["positives"][:2 * LOCAL_BATCH, 2 * LOCAL_BATCH:].any()
+    clip = tiny_vit_clip(len(runs["tokenizer"]))
+    expected = loss_and_grads(clip, clip_batch_loss(clip, batch))
+    for result in runs["losses"]:
+        torch.testing.assert_close(result["clip_two_captions"]["loss"], expected["loss"])
+        assert_same_tensors(result["clip_two_captions"]["grads"], expected["grads"])
 
 
 @pytest.mark.parametrize("with_positives", [True, False])
