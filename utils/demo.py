@@ -108,12 +108,15 @@ class DemoConfig:
                            pacl_epochs=2, pacl_batch_size=32, seg_tune_images=100), **overrides)
 
 
+def _dataset_arguments(config: DemoConfig) -> dict[str, int]:
+    """The generator's arguments for ``config``'s synthetic set: split sizes, image size, seed."""
+    return {"num_train": config.num_train, "num_dev": config.num_dev,
+            "num_test": config.num_test, "image_size": config.image_size, "seed": config.seed}
+
+
 def ensure_demo_dataset(config: DemoConfig) -> Path:
-    """The synthetic set of ``config`` (split sizes, image size, seed) at ``config.data_root``,
-    generated if absent."""
-    return ensure_captioned_shapes(config.data_root, num_train=config.num_train,
-                                   num_dev=config.num_dev, num_test=config.num_test,
-                                   image_size=config.image_size, seed=config.seed,
+    """The synthetic set of ``config`` at ``config.data_root``, generated if absent."""
+    return ensure_captioned_shapes(config.data_root, **_dataset_arguments(config),
                                    progress=config.progress)
 
 
@@ -128,10 +131,11 @@ def draw_dataset_in_child_process(config: DemoConfig) -> None:
     14 s on 2 cores). The generator's own entry point leaves its workers light. (In a notebook the
     main module is the kernel's launcher, which is light already.)
     """
-    command = [sys.executable, "-m", "utils.synthetic", "--root", str(Path(config.data_root).resolve()),
-               "--num-train", str(config.num_train), "--num-dev", str(config.num_dev),
-               "--num-test", str(config.num_test), "--image-size", str(config.image_size),
-               "--seed", str(config.seed), *([] if config.progress else ["--no-progress"])]
+    flags = [text for name, value in _dataset_arguments(config).items()       # --num-train 6000
+             for text in (f"--{name.replace('_', '-')}", str(value))]
+    command = [sys.executable, "-m", "utils.synthetic", "--root",
+               str(Path(config.data_root).resolve()), *flags,
+               *([] if config.progress else ["--no-progress"])]
     subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -145,9 +149,10 @@ def demo_clip(config: DemoConfig, tokenizer) -> CLIP:
 
 
 def demo_train_loader(config: DemoConfig, tokenizer, train_items: list,
-                      train_images: np.ndarray) -> DataLoader:
-    """Shuffled, augmented training batches from the decoded images ``[N, S, S, 3]`` (in
-    ``train_items``' order), ``config.captions_per_image`` captions per image."""
+                      train_images: Path) -> DataLoader:
+    """Shuffled, augmented training batches from the decoded training images (the ``.npy`` file
+    of :func:`utils.image_cache.cache_image_array`), ``config.captions_per_image`` captions per
+    image."""
     return DataLoader(
         ArrayImageCaptionDataset(train_images, train_items,
                                  build_transform(config.image_size, train=True, seed=config.seed)),
