@@ -20,7 +20,6 @@ their accuracies would mean nothing and are not printed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -45,7 +44,7 @@ from utils.demo import SHAPE_CLASSES, DemoConfig, format_summary, run_demo  # no
 from utils.feature_cache import cache_features, pacl_feature_loader  # noqa: E402
 from utils.models import CLIP, CLIPConfig  # noqa: E402
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups  # noqa: E402
-from utils.prompts import synthetic_object_words, training_texts  # noqa: E402
+from utils.prompts import SHAPES_VOCABULARY, training_texts  # noqa: E402
 from utils.segmentation import Segmenter, run_segmentation  # noqa: E402
 from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
 from utils.train import (  # noqa: E402
@@ -116,9 +115,8 @@ def vit_pacl_throughput(files, train_items, test_names, tokenizer, images: int,
     """Notebooks 02-03 on CLIP ViT-B/16's architecture: cache, PACL epochs, segmentation."""
     backbone = make_backbone("vit-b16", tokenizer, COLAB_IMAGE_SIZE)
     backbone.model.cuda()
-    objects = json.loads((files.root / "objects.json").read_text())
     rng = np.random.default_rng(0)
-    items = [(name, training_texts(captions, synthetic_object_words(objects, name), rng=rng))
+    items = [(name, training_texts(captions, SHAPES_VOCABULARY, rng=rng))
              for name, captions in train_items[:images]]
     print(f"\n[3] CLIP ViT-B/16 architecture (random weights), {COLAB_IMAGE_SIZE} px, "
           f"{len(items)} training images")
@@ -144,7 +142,7 @@ def vit_pacl_throughput(files, train_items, test_names, tokenizer, images: int,
             run_segmentation, segmenter, files.images_dir, files.root / "masks", test_names,
             COLAB_IMAGE_SIZE, batch_size=128, progress=False)
         print(f"  segmentation, {method:>8}: {len(test_names) / seconds:6.0f} images/s "
-              f"(probabilities {tuple(run.probabilities.shape)})")
+              f"(scores {tuple(run.scores.shape)})")
 
 
 def main() -> None:

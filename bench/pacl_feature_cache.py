@@ -24,7 +24,6 @@ backbone; no download) at 224 px, to see the ratio where the backbone is heavy; 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from utils.feature_cache import (  # noqa: E402
 )
 from utils.models import CLIP, CLIPConfig  # noqa: E402
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups  # noqa: E402
-from utils.prompts import synthetic_object_words, training_texts  # noqa: E402
+from utils.prompts import SHAPES_VOCABULARY, training_texts  # noqa: E402
 from utils.synthetic import generate_captioned_shapes  # noqa: E402
 from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
 from utils.train import TrainConfig, fit  # noqa: E402
@@ -117,9 +116,8 @@ def main() -> None:
         root = generate_captioned_shapes(Path(tmp) / "shapes", num_train=args.images, num_dev=0,
                                          num_test=0, image_size=args.image_size, progress=False)
         files = locate_dataset(root)
-        objects = json.loads((root / "objects.json").read_text())
         rng = np.random.default_rng(0)
-        items = [(name, training_texts(captions, synthetic_object_words(objects, name), rng=rng))
+        items = [(name, training_texts(captions, SHAPES_VOCABULARY, rng=rng))
                  for name, captions in load_split(files, "train")]
         tokenizer = train_wordpiece_tokenizer([t for _, texts in items for t in texts],
                                               vocab_size=400)

@@ -5,9 +5,8 @@
 As for notebook 01, the cells live here as plain strings so that a change reads as a normal diff;
 the notebook is the artefact users open. Edit this file and re-run it.
 
-The numbers the prose quotes come from one full offline run of the generated notebook (without
-``CLIP_PACL_FAST``) on the CPU, with the CLIP that ``utils.demo.DemoConfig``'s defaults train.
-When those defaults or the PACL recipe change, run the notebook again in full and update them.
+The prose quotes no measured numbers: each cell prints the reader's own, and the notes after it
+say what to look for. The README's results come from ``make demo``.
 """
 
 from __future__ import annotations
@@ -33,10 +32,12 @@ image-caption pairs CLIP learned from. In this notebook you will:
 1. load the frozen CLIP (the one notebook 01 trained, or OpenAI's ViT-B/16 on Colab);
 2. look at patch-text similarity maps of the plain CLIP and see why they do not localise;
 3. write PACL's *compatibility function* in a few lines and check it against the course's version;
-4. build the training texts: captions plus object words in prompt templates;
+4. see why PACL's softmax over the patches needs texts that name one region, and a temperature;
+   build those texts from the captions;
 5. compute the frozen features once, then train the small *vision embedder* from that cache;
 6. compare the maps before and after PACL, against the ground-truth masks;
-7. measure what happens to image-level tasks (zero-shot classification, retrieval);
+7. measure what the texts and the temperature change (offline), and what happens to
+   image-level tasks (zero-shot classification, retrieval);
 8. save the trained embedder for notebook 03 (segmentation).
 
 | | offline (a laptop CPU) | Google Colab (GPU runtime) |
@@ -104,10 +105,13 @@ from utils.pacl import (
 )
 from utils.pacl_io import load_pacl, save_pacl
 from utils.prompts import (
+    FLICKR_VOCABULARY,
     PROMPT_TEMPLATES,
-    extract_nouns,
+    SHAPES_VOCABULARY,
+    caption_phrases,
+    extract_phrases,
     format_prompt,
-    synthetic_object_words,
+    normalise_text,
     training_texts,
 )
 from utils.synthetic import CLASS_NAMES, COLOURS, SHAPES, shape_footprint
@@ -135,6 +139,8 @@ if BACKBONE == "openai":                  # Colab: the paper's backbone, 224 px,
 else:                                     # offline: the course's CLIP, D = 128
     IMAGE_SIZE = None                     # the size the CLIP was trained at (read from it below)
     EPOCHS, BATCH_SIZE, LR = 4, 64, 1e-2  # as `make demo`
+TEMPERATURE = 0.1                         # softmax over patches: the course's; None = plain cosines
+COMPARE_RECIPES = DATASET == "synthetic"  # section 7: retrain with the paper's texts and softmax
 
 SEED = 0
 NUM_WORKERS = 2 if IN_COLAB else 0
@@ -315,10 +321,10 @@ class token; for the course's CNN, the average of its feature-map cells)
 with captions. A single patch sent through the same projection head is an input the head never
 saw on its own, and its cosine with a caption is a by-product: it can be right where the pool
 happened to rely on that patch, and arbitrary elsewhere. The PACL paper reports that segmenting
-with raw CLIP ViT-B/16 patch tokens works poorly (VOC-20 mIoU about 42, against 72 with PACL).
-(In FAST mode the CLIP is nearly untrained and the maps are noise.)
-A full offline run (this notebook after a full notebook 01, on 2 CPU cores) printed 0.69: on
-the course's CLIP, the maps of five different words on one image are largely copies of each other.
+with raw CLIP ViT-B/16 patch tokens works poorly, which is the gap PACL closes. (In FAST mode the
+CLIP is nearly untrained and the maps are noise.) On the course's CLIP trained in full, expect a
+correlation well above 0.5: the maps of different words on one image are largely copies of each
+other.
 """)
 
 # ================================================================================================
@@ -366,61 +372,101 @@ Both agree (the `assert` would stop the notebook otherwise). The course's versio
 same thing without ever building a `[B, T, P, D]` tensor, which for a batch of 256 images and
 texts with ViT-B/16's 196 patches would take 26 GB.
 
-One property worth knowing: the paper's softmax has no temperature. Cosines lie in [−1, 1], so two
-patches' weights can differ by a factor of at most e² ≈ 7.4, however the embedder is trained. The
-pooled *v* always keeps some of every patch:
-""")
+**How sharp is the softmax over the patches?** Written as above, the softmax takes the cosines
+as they are. Cosines lie in [−1, 1], so two patches' weights can differ by a factor of at most
+e² ≈ 7.4, however the embedder is trained: the pooled *v* always keeps a good share of every
+patch, and with a few hundred patches it is close to their plain average. A *temperature* τ
+divides the cosines first (softmax of *s* / τ): at τ = 0.1 the factor can reach e²⁰. The
+temperature is the course's addition (`PACL(..., softmax_temperature=0.1)`); PACL's Eq. 2-3, as
+this course implements them, feed the cosines to the softmax as they are.
+
+A useful number for a set of weights is its **effective number of patches**, exp(entropy): all
+`P` for uniform weights, 1 for a single patch. Below, the weights of one text over one image's
+patches, on the frozen CLIP, without and with temperatures:
+"""
+)
 
 code("""
-weights = patch_text_similarity(example_patches, example_texts).softmax(dim=-1)   # [B, T, P]
-num_patches = weights.shape[-1]
-print(f"{num_patches} patches: a uniform weight would be {1 / num_patches:.4f}; here the largest "
-      f"weight is {weights.max():.4f} and the largest/smallest ratio within one map "
-      f"{(weights.amax(-1) / weights.amin(-1)).max():.2f} (at most e^2 = {math.e ** 2:.2f})")
+def effective_patches(weights):
+    # exp(entropy) of weights over the last dimension: P when uniform, 1 on a single patch.
+    return (-(weights * weights.clamp_min(1e-12).log()).sum(-1)).exp()
+
+
+similarity = patch_text_similarity(example_patches, example_texts)                 # [B, T, P]
+num_patches = similarity.shape[-1]
+temperatures = {"plain cosines": 1.0, "τ = 0.1": 0.1, "τ = 0.03": 0.03}
+fig, axes = plt.subplots(1, len(temperatures) + 1, figsize=(3.2 * (len(temperatures) + 1), 3.2))
+axes[0].imshow(load_image(files.images_dir / shown[0]))
+axes[0].set_title(f"image; text: {WORDS[0]!r}", fontsize=9)
+for ax, (label, tau) in zip(axes[1:], temperatures.items()):
+    weights = (similarity / tau).softmax(-1)
+    ax.imshow(weights[0, 0].reshape(GRID).cpu(), cmap="magma")
+    ax.set_title(f"{label}: {effective_patches(weights[0, 0]):.0f} of {num_patches} patches",
+                 fontsize=9)
+for ax in axes:
+    ax.axis("off")
+fig.suptitle("softmax weights over the patches (frozen CLIP)", fontsize=10)
+show(fig)
+plain = similarity.softmax(-1)
+print(f"plain cosines, every test image and word above: largest/smallest weight within one map "
+      f"at most {(plain.amax(-1) / plain.amin(-1)).max():.2f} (bound e^2 = {math.e ** 2:.2f}); "
+      f"effective patches {effective_patches(plain).min():.0f} to "
+      f"{effective_patches(plain).max():.0f} of {num_patches}")
+""")
+
+md("""
+With plain cosines the weight map is nearly flat: whatever the text, almost every patch counts
+(the effective number printed in the first panel's title is close to all of them). PACL's loss
+then compares the text with something close to the *mean* patch, and the cheapest way to win is
+to make every patch describe the whole image, which is not what a segmenter needs. With τ = 0.1
+the weights can concentrate on the patches that match; much sharper (τ = 0.03) and a single patch
+decides, and its mistakes are not averaged out. Section 7 trains both ways and measures the
+difference.
 """)
 
 # ================================================================================================
 md("""
-## 4 · What PACL trains on: captions and object words
+## 4 · What PACL trains on: phrases that name one region
 
-The paper trains on captions and on the nouns found in them, each wrapped in a CLIP-style template
-("a photo of a dog."). Single words in templates are exactly what segmentation will ask about
-later ("which patches are *a dog*?"), so training on them keeps those prompts familiar.
+The paper trains on image-caption pairs. Think about what the softmax over the patches asks of a
+caption: "which patches match *a large red circle left of a small blue square*?" The honest answer
+is "the whole image", and the loss then teaches every patch to summarise the caption. A phrase
+that names one object, "red circle", has a real answer: the patches of the red circle. So the
+course trains on the **object phrases of each caption** (nouns with the words that describe them),
+each put into a CLIP-style template ("a photo of a red circle"), the same form that segmentation
+will use for class names in notebook 03. This is the course's choice; section 7 measures it
+against training on the captions.
 
-- On the synthetic set no guessing is needed: `objects.json` lists each image's shapes, and
-  `synthetic_object_words` turns them into words such as "circle" and "red circle".
-- On Flickr8k, `extract_nouns` picks the object nouns out of the captions with a curated word list
-  (no parser to download; its docstring lists what it misses).
-
-`training_texts` puts them together: the image's captions, then each object word in one template
-drawn at random (a seeded generator, so the set is the same on every run).
+One mechanism serves both datasets: `extract_phrases` looks a caption's words up in a vocabulary
+of object nouns (plurals undone) and of modifiers (colours, sizes, ...), and keeps each noun alone
+and with the modifiers right before it. Offline the vocabulary is the synthetic set's shapes,
+colours and sizes (`SHAPES_VOCABULARY`); on Flickr8k a curated list of common nouns and adjectives
+(`FLICKR_VOCABULARY`: no parser to download; its docstring lists what it misses). An image whose
+captions name nothing from the list keeps its captions.
 """)
 
 code("""
+vocabulary = SHAPES_VOCABULARY if DATASET == "synthetic" else FLICKR_VOCABULARY
+name, captions = train_items[0]
+for caption in captions:
+    print(f"{caption!r}\n    -> {extract_phrases(caption, vocabulary)}")
+
 rng = np.random.default_rng(SEED)
-
-
-def object_words(name, captions):
-    if DATASET == "synthetic":
-        return synthetic_object_words(objects, name)
-    return list(dict.fromkeys(noun for caption in captions for noun in extract_nouns(caption)))
-
-
-pacl_items = [(name, training_texts(captions, object_words(name, captions), rng=rng))
+pacl_items = [(name, training_texts(captions, vocabulary, rng=rng))
               for name, captions in train_items]
 name, texts = pacl_items[0]
-print(f"{name}: {len(texts)} training texts")
+print(f"\n{name}: {len(texts)} training texts, each phrase in one template drawn at random")
 for text in texts:
     print("   ", text)
 distinct = {text for _, texts in pacl_items for text in texts}
-print(f"\\n{len(pacl_items)} images, {sum(len(t) for _, t in pacl_items)} (image, text) pairs, "
+print(f"\n{len(pacl_items)} images, {sum(len(t) for _, t in pacl_items)} (image, text) pairs, "
       f"{len(distinct)} distinct texts")
 """)
 
 md("""
 Each training step pairs every image with one of its texts, drawn at random, so over the epochs
-an image is seen with its full captions and with its single-object prompts. Short texts such as
-"a photo of a circle." fit many images. The batches therefore carry a `positives` matrix (image *i*
+an image is seen with each of its object phrases. Short texts such as "a photo of a circle" fit
+many images. The batches therefore carry a `positives` matrix (image *i*
 matches text *j* when the text is one of image *i*'s), as in notebook 01, so an image is never
 pushed away from a text that is true of it.
 """)
@@ -460,7 +506,7 @@ notebook 01 used; only the parameter groups and the loss function differ.
 
 code("""
 seed_everything(SEED)
-pacl = PACL(EMBED_DIM)
+pacl = PACL(EMBED_DIM, softmax_temperature=TEMPERATURE)
 print(f"vision embedder: {count_parameters(pacl.vision_embedder):,} parameters (+1 logit scale); "
       f"the frozen CLIP has {count_parameters(backbone.model):,}")
 
@@ -488,8 +534,6 @@ md("""
 - **Logit scale.** The learnt sharpness of the softmax over the batch; it rises as the
   compatibilities become reliable enough to be trusted. In FAST mode (36 steps) none of the
   curves has time to go far.
-- **Measured.** A full offline run printed 4 epochs, 372 steps in 26 s; loss 4.167 -> 2.462
-  (ln 64 = 4.159); logit scale 14.3 -> 20.9.
 """)
 
 # ================================================================================================
@@ -540,7 +584,7 @@ if DATASET == "synthetic":
                                 ("colour", f"{objects[n][0]['colour']} shape"))]
 else:                                     # no masks: the second column stays empty
     pairs = [(n, word, None) for n in shown
-             for word in (object_words(n, dict(test_items)[n]) or ["thing"])[:2]]
+             for word in (caption_phrases(dict(test_items)[n], vocabulary) or ["thing"])[:2]]
 
 rows = []
 for n, word, where in pairs:
@@ -557,7 +601,7 @@ What to look for: in the last column, the bright cells should sit inside the whi
 second column, and more tightly than in the third. The maps stay blurry whatever happens: each
 cell of the course CNN's 16 × 16 grid sees a wide window of the 64-pixel image. And PACL can only
 align what the frozen patches already encode: it trains a small head, not the encoder, so a word
-the backbone never learnt to recognise (compare its zero-shot accuracy in section 7) will not
+the backbone never learnt to recognise (compare its zero-shot accuracy in section 8) will not
 light up the right place however long the embedder trains. Three images are anecdotes; the next
 cell measures the same thing on every test image.
 
@@ -608,22 +652,120 @@ md("""
 Read each row from left to right: the AUC of the frozen patches, then after PACL. A gain means
 the embedder moved the maps towards the right pixels; a value below 0.5 means the map points at
 the wrong place (often the background). The third row uses a wording PACL's object prompts never
-had (section 4 wraps every object word in a template): compare it with the templated colour row
-to see how much the prompt's form matters, which is why the paper, and notebook 03, build
-segmentation prompts from templates. (In FAST mode the backbone is barely trained: any gain there
-comes from the embedder alone.)
+had (section 4 puts every object phrase in a template, and "something red" names no object):
+compare it with the templated colour row to see how much the prompt's form matters, which is why
+notebook 03 builds segmentation prompts from the same templates. (In FAST mode the backbone is
+barely trained: any gain there comes from the embedder alone.)
 
-A full offline run printed these AUCs (frozen CLIP -> after PACL): shape words 0.236 -> 0.528,
-templated colour words 0.478 -> 0.955, "something red" 0.786 -> 0.949. Before PACL the shape maps
-point at the wrong place (below 0.5: the background lights up more than the shape); after it,
-every kind of word points the right way, colours clearly and shapes only just. Keep this in mind in notebook 03: an AUC ranks the
+On the course's CLIP trained in full, look at the shape row first: the frozen CLIP's shape maps
+tend to point at the wrong place (below 0.5: the background lights up more than the shape), and
+that is the row PACL has the most to fix. Keep in mind for notebook 03 that an AUC ranks the
 pixels of *one* word's map, while a mask has to compare the words with each other, pixel by
 pixel, and decide where there is nothing at all.
 """)
 
 # ================================================================================================
 md("""
-## 7 · Image-level tasks: does PACL replace CLIP?
+## 7 · What the texts and the temperature change
+
+Sections 3 and 4 made two choices that are the course's, not the paper's: object phrases instead
+of whole captions, and a softmax temperature of 0.1 instead of plain cosines. Here PACL is
+trained twice more on the same frozen features, for the same epochs, changing one thing at a
+time, and each result is measured the same way:
+
+- **captions, plain cosines**: the paper's compatibility trained on the captions themselves;
+- **phrases, plain cosines**: this notebook's texts, the paper's softmax;
+- **phrases, τ = 0.1**: the embedder trained in section 5.
+
+Two measures: the localisation AUC of section 6 (shape and colour words), and how many patches
+PACL's softmax actually pools for a phrase, the effective number of section 3 (with the trained
+embedder and each model's own temperature). Offline only: Flickr8k has no masks to score
+against.
+""")
+
+code("""
+@torch.no_grad()
+def effective_pooled_patches(model, text_emb):
+    # Mean effective number of patches in PACL's softmax, over test images and texts.
+    weights = []
+    for start in range(0, len(test_patches), 100):
+        similarity = patch_text_similarity(model.embed_patches(frozen(test_patches[start:start + 100])),
+                                           model.embed_texts(text_emb.to(DEVICE).float()))
+        weights.append(effective_patches((similarity / (model.softmax_temperature or 1.0))
+                                         .softmax(-1)).cpu())
+    return torch.cat(weights).mean().item()
+
+
+def train_variant(items, temperature, key):
+    cache = cache_features(backbone, files.images_dir, items, IMAGE_SIZE, cache_dir,
+                           f"{DATASET}-train-{key}", num_workers=NUM_WORKERS, progress=False)
+    seed_everything(SEED)
+    model = PACL(EMBED_DIM, softmax_temperature=temperature)
+    fit(model, pacl_parameter_groups(model, LR), pacl_feature_loader(cache, BATCH_SIZE),
+        pacl_batch_loss, TrainConfig(epochs=EPOCHS, seed=SEED, eval_every=0))
+    return model.eval()
+
+
+recipes = {}
+if COMPARE_RECIPES:
+    caption_items = [(name, [normalise_text(c) for c in captions]) for name, captions in train_items]
+    recipes = {"captions,\nplain cosines": train_variant(caption_items, None, "captions"),
+               "phrases,\nplain cosines": train_variant(pacl_items, None, "phrases"),
+               f"phrases,\nτ = {TEMPERATURE}": pacl}
+    phrase_emb = word_vectors([f"{c} {s}" for c in COLOURS for s in SHAPES])
+    recipe_scores = {}
+    for label, model in recipes.items():
+        def embed(patch_emb, model=model):
+            with torch.no_grad():
+                return model.embed_patches(frozen(patch_emb))
+        recipe_scores[label] = {kind: mean_auc(embed, *kinds[kind])
+                                for kind in ("shape, templated", "colour, templated")}
+        recipe_scores[label]["pooled patches"] = effective_pooled_patches(model, phrase_emb)
+    print(format_table(["recipe", "AUC shape", "AUC colour", "patches pooled"],
+                       [(label.replace("\n", " "), *row.values())
+                        for label, row in recipe_scores.items()]))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+    labels = list(recipe_scores)
+    for j, kind in enumerate(("shape, templated", "colour, templated")):
+        axes[0].bar(np.arange(len(labels)) + (j - 0.5) * 0.38,
+                    [recipe_scores[r][kind] for r in labels], 0.38, label=kind.split(",")[0])
+    axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes[0].set_xticks(range(len(labels)), labels, fontsize=8)
+    axes[0].set(ylim=(0, 1), title="localisation AUC after PACL (0.5: no idea)")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(range(len(labels)), [recipe_scores[r]["pooled patches"] for r in labels],
+                color="tab:purple")
+    axes[1].axhline(num_patches, color="grey", linestyle="--", linewidth=1)
+    axes[1].set_xticks(range(len(labels)), labels, fontsize=8)
+    axes[1].set(title=f"patches pooled per phrase (of {num_patches})")
+    fig.tight_layout()
+    show(fig)
+else:
+    print("Flickr8k has no masks: the recipes are compared offline, on the synthetic set.")
+""")
+
+md("""
+What to look for, from left to right:
+
+- **Captions, plain cosines.** The pooling is close to an average of all patches (right panel:
+  nearly every patch counts), so the loss asks each patch for a summary of the whole caption.
+  The maps then localise the concepts that are cheap to summarise (colours) and miss the ones
+  that are not (shapes).
+- **Phrases, plain cosines.** The texts now name one region, so "which patches match?" has an
+  answer; the softmax is still nearly flat, which limits how much that answer can shape training.
+- **Phrases, τ = 0.1.** The pooling concentrates on fewer patches, and the patches that match a
+  phrase are pulled towards it while the rest are not.
+
+If the last bar pair is not the best on your run (FAST mode trains for a few dozen steps), run
+the notebook in full: on the course's CLIP trained in full, the course's recipe is the one that
+turns the patch maps into something notebook 03 can segment with. The README's results compare
+the same recipes on segmentation (`make demo`) over several seeds.
+""")
+
+# ================================================================================================
+md("""
+## 8 · Image-level tasks: does PACL replace CLIP?
 
 PACL's compatibility is also an image-text score, so it can do what CLIP does: zero-shot
 classification and retrieval. We compare three scores on the test split:
@@ -725,24 +867,21 @@ How to read it:
 - **Right, image level.** Three scores of the same images against the same texts. CLIP's own
   image vector is what CLIP was trained for, so expect it to lead at retrieval. The compatibility
   on frozen patches is what PACL starts from: if its maps are near copies of each other (section
-  2), it hardly tells captions apart. Training the embedder should recover part of that gap; how
-  much is the question PACL's paper answers with "it keeps zero-shot classification competitive"
-  on its much larger backbone.
+  2), it hardly tells captions apart. Training the embedder should recover part of that gap. (The
+  paper, with OpenAI's far larger backbone, reports that PACL's score even improves zero-shot
+  classification over CLIP's on most of twelve datasets.)
 - **Zero-shot** shows what the backbone knows: no head trained on frozen features adds a concept
   the backbone does not encode, so where CLIP is near chance, PACL will be too.
 
-PACL does not aim to replace CLIP's image-level score: it adds a patch-level one.
-
-A full offline run printed, for CLIP / frozen compatibility / PACL: zero-shot shape 0.932 /
-0.448 / 0.947, zero-shot colour 1.000 for all three, text->image R@1 0.615 / 0.148 / 0.461 and
-R@5 0.921 / 0.434 / 0.776 (339 single-shape test images for zero-shot; 1000 images and 5000
-captions for retrieval). The embedder recovers CLIP's zero-shot accuracy (here it even edges past
-it) and part of its retrieval, as the paper reports at a much larger scale.
+PACL does not aim to replace CLIP's image-level score: it adds a patch-level one. On the course's
+CLIP trained in full, expect the trained embedder to come close to CLIP at zero-shot
+classification, and to recover part, not all, of CLIP's retrieval: PACL was trained on short
+object phrases, and retrieval queries are whole captions.
 """)
 
 # ================================================================================================
 md("""
-## 8 · Save the embedder for notebook 03
+## 9 · Save the embedder for notebook 03
 
 `save_pacl` writes the embedder's weights (safetensors), its configuration and a `meta.json` into
 one folder, atomically (built under a temporary name, then renamed). `meta` records which frozen
@@ -775,14 +914,14 @@ md("""
   frozen patch features. The paper's segmentation results come from OpenAI's ViT-B/16, trained on
   400 million image-text pairs, whose patches encode far more than the course's small CLIP.
 - **It is an addition, not a replacement.** For whole-image tasks CLIP's own image vector remains
-  the score it was trained to be (section 7).
+  the score it was trained to be (section 8).
 - **It is cheap.** Both encoders stay frozen, so their features are computed once and cached;
   training touches only the cache and the small embedder.
 
-Things to try: train longer or with another learning rate (`EPOCHS`, `LR`); try a sharper softmax
-over the patches (`PACL(EMBED_DIM, softmax_temperature=0.1)`, a departure from the paper) and see
-whether it helps the maps; or give notebook 01 more epochs so that its CLIP learns shapes, and
-see whether PACL's shape maps follow.
+Things to try: train longer or with another learning rate (`EPOCHS`, `LR`); set `TEMPERATURE`
+to `None` (plain cosines) or 0.03 and watch section 7's bars; train on the captions as well as on
+the phrases (`training_texts(..., with_captions=True)`); or give notebook 01 more epochs so that
+its CLIP learns shapes better, and see whether PACL's shape maps follow.
 """)
 
 

@@ -44,7 +44,7 @@ from utils.pacl_io import load_pacl  # noqa: E402
 from utils.segmentation import (  # noqa: E402
     Segmenter,
     load_mask,
-    masks_from_probabilities,
+    masks_from_scores,
     normalised_entropy,
     upsample_scores,
 )
@@ -349,7 +349,7 @@ def draw_scores_to_mask(ax: Axes, logit_scale: float = 40.0, threshold: float = 
     pixels = upsample_scores(scores, (grid, grid), image.shape[:2])          # [1, C, 64, 64]
     probabilities = (logit_scale * pixels).softmax(1)
     entropy = normalised_entropy(probabilities)[0].numpy()
-    mask = masks_from_probabilities(probabilities, "entropy", threshold)[0].numpy()
+    mask = masks_from_scores(pixels, logit_scale, "entropy", threshold)[0].numpy()
     palette = class_palette(len(class_names))
 
     def picture(array: np.ndarray, x: float, y: float, side: float, **style) -> None:
@@ -471,16 +471,18 @@ def images_with_several_shapes(files: DatasetFiles, count: int) -> list[str]:
 def plot_pacl_vs_clip(demo_dir: Path, metrics: dict, count: int = 2) -> plt.Figure:
     """For a few test images: each class's probability map and the mask, from the demo's frozen
     CLIP's raw patch tokens and from the same tokens through its trained PACL embedder (each with
-    the entropy threshold the demo tuned for it), next to the ground truth."""
+    the background rule and threshold the demo chose for it on dev images), next to the ground
+    truth."""
     model, tokenizer = load_clip(demo_dir / "clip")
     backbone = CourseCLIPBackbone(model, tokenizer)
     pacl, _ = load_pacl(demo_dir / "pacl", backbone=backbone)
     config = metrics["config"]
     files = locate_dataset(REPO_ROOT / config["data_root"])   # a relative root is the repo's
     classes = list(CLASS_NAMES[1:])
+    chosen = metrics["segmentation"]["methods"]
     segmenters = {method: Segmenter(backbone, classes, method=method, pacl=pacl,
-                                    threshold=metrics["segmentation"]["methods"][method]
-                                    ["threshold"])
+                                    background=chosen[method]["background"],
+                                    threshold=chosen[method]["threshold"])
                   for method in METHOD_LABELS}
     palette = class_palette(len(classes))
     names = images_with_several_shapes(files, count)

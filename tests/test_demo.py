@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import synthetic
+from utils import demo, synthetic
 from utils.backbones import CourseCLIPBackbone
 from utils.data import load_split, locate_dataset
 from utils.demo import (
@@ -19,9 +19,11 @@ from utils.demo import (
     format_summary,
     main,
     run_demo,
+    segment_splits,
 )
 from utils.models import load_clip
 from utils.pacl_io import load_pacl
+from utils.segmentation import THRESHOLD_RULES
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +69,44 @@ def test_pacl_training_lowers_its_loss(fast_run):
     assert metrics["pacl"]["final_train_loss"] < metrics["pacl"]["first_train_loss"]
 
 
-def test_segmentation_is_measured_for_both_methods(fast_run):
+def test_segmentation_is_measured_for_both_methods_and_protocols(fast_run):
     _, metrics = fast_run
     segmentation = metrics["segmentation"]
     assert set(segmentation["methods"]) == {"raw", "pacl"}
     for result in segmentation["methods"].values():
-        assert 0.0 <= result["mIoU"] <= 1.0 and 0.0 < result["threshold"] < 1.0
+        assert 0.0 <= result["mIoU"] <= 1.0 and 0.0 <= result["objects_only"]["mIoU"] <= 1.0
         assert len(result["per_class_iou"]) == len(segmentation["classes"]) == 6
+        # Object pixels only: the background class is never scored.
+        assert 0 not in result["objects_only"]["present_classes"]
+        # The rule reported is the one with the best dev mIoU among those tried.
+        dev = result["dev_mIoU_by_rule"]
+        assert set(dev) == set(THRESHOLD_RULES)
+        assert result["background"] == max(dev, key=dev.get)
+
+
+def test_background_rules_are_tuned_on_dev_images_only(fast_run, monkeypatch):
+    config, _ = fast_run
+    files = locate_dataset(config.data_root)
+    dev, test = load_split(files, "dev"), load_split(files, "test")
+    model, tokenizer = load_clip(Path(config.out_dir) / "clip")
+    backbone = CourseCLIPBackbone(model, tokenizer)
+    pacl, _ = load_pacl(Path(config.out_dir) / "pacl", backbone=backbone)
+    tuned_on = []
+
+    def recording(run, segmenter, *args, **kwargs):
+        tuned_on.append(list(run.image_names))
+        return tune_background(run, segmenter, *args, **kwargs)
+
+    tune_background = demo.tune_background
+    monkeypatch.setattr(demo, "tune_background", recording)
+    runs = segment_splits(config, backbone, pacl, files, dev, test)
+    dev_names = [name for name, _ in dev][:config.seg_tune_images]
+    assert tuned_on == [dev_names, dev_names]               # raw, then PACL
+    for segmenter, run, choice in runs.values():
+        assert run.image_names == [name for name, _ in test]
+        assert not set(run.image_names) & set(dev_names)
+        assert (segmenter.background, segmenter.threshold) == (choice.background,
+                                                               choice.threshold)
 
 
 def test_summary_table_names_both_directions(fast_run):
@@ -109,12 +142,7 @@ def test_command_line_draws_the_dataset_that_run_demo_expects(tmp_path, monkeypa
 
 
 def _patch_probe():
-    """``bench/patch_probe.py`` as a module (``bench/`` is a folder of scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "patch_probe.py"
-    spec = importlib.util.spec_from_file_location("patch_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_script("patch_probe")
 
 
 def test_patch_probe_auroc_on_hand_computed_cases():
@@ -136,3 +164,36 @@ def test_patch_probe_reads_a_finished_demo(fast_run, capsys):
     assert len(rows) == 4
     assert all(len(v) == 2 and all(0.0 <= float(x) <= 1.0 for x in v) for v in rows.values())
     assert "linear" in out and "MLP" in out
+
+
+def _bench_script(name: str):
+    """A script of ``bench/`` as a module (``bench/`` is a folder of scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pacl_seeds_bench_reads_a_finished_demo(fast_run, capsys):
+    config, metrics = fast_run
+    cache_before = sorted(p.name for p in (Path(config.out_dir) / "cache").iterdir())
+    _bench_script("pacl_seeds").main(["--run", config.out_dir, "--seeds", "0", "1"])
+    out = capsys.readouterr().out
+    rows = {}                      # "raw" or "pacl <seed>" -> [mIoU, objects only, rule, threshold]
+    for words in map(str.split, out.splitlines()):
+        if words[:1] == ["raw"]:
+            rows["raw"] = words[1:]
+        elif words[:1] == ["pacl"] and words[1].isdigit():
+            rows[f"pacl {words[1]}"] = words[2:]
+    assert set(rows) == {"raw", "pacl 0", "pacl 1"}
+    # The raw patches are tuned and scored as the demo does it: the same numbers.
+    raw = metrics["segmentation"]["methods"]["raw"]
+    assert float(rows["raw"][0]) == pytest.approx(raw["mIoU"], abs=1e-3)
+    # Seed 0 is the demo's own PACL: the same numbers again.
+    pacl = metrics["segmentation"]["methods"]["pacl"]
+    assert float(rows["pacl 0"][0]) == pytest.approx(pacl["mIoU"], abs=1e-3)
+    assert float(rows["pacl 0"][1]) == pytest.approx(pacl["objects_only"]["mIoU"], abs=1e-3)
+    assert "mean" in out and "2 seeds" in out
+    # It trained from the demo's feature cache instead of building another one.
+    assert sorted(p.name for p in (Path(config.out_dir) / "cache").iterdir()) == cache_before

@@ -128,3 +128,18 @@ def test_a_segmenter_breaking_the_contract_gets_a_clear_error() -> None:
     # interactive() shows a callback's exception in its output; call the callback to see it.
     with pytest.raises(ValueError, match=r"expected scores \[C, H, W\]"):
         explorer.f(image=0, classes=("red",), add_classes="", threshold=0.5)
+
+
+def test_the_slider_spans_the_given_range_and_names_the_rule() -> None:
+    segmenter = ColourSegmenter()
+    explorer = segmentation_explorer(_images(), segmenter, ["red"], threshold=-0.2,
+                                     threshold_range=(-0.5, 0.3), threshold_label="cosine <",
+                                     display_figures=False)
+    slider = _controls(explorer)["threshold"]
+    assert (slider.min, slider.max, slider.value) == (-0.5, 0.3, -0.2)
+    explorer.update()
+    assert segmenter.calls[-1][1] == -0.2
+    assert explorer.result.axes[0].get_title() == "image 0 (cosine < -0.20)"
+    with pytest.raises(ValueError, match="outside threshold_range"):
+        segmentation_explorer(_images(), segmenter, ["red"], threshold=0.9,
+                              threshold_range=(-0.5, 0.3))

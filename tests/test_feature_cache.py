@@ -3,7 +3,6 @@ batches, and training PACL's embedder from it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from utils.feature_cache import (
 )
 from utils.image_cache import cache_image_array
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
-from utils.prompts import synthetic_object_words, training_texts
+from utils.prompts import SHAPES_VOCABULARY, training_texts
 from utils.synthetic import generate_captioned_shapes
 from utils.train import TrainConfig, fit
 
@@ -34,13 +33,11 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    """A 16-image synthetic set and its PACL training items (captions + object prompts)."""
+    """A 16-image synthetic set and its PACL training items (object phrases in prompts)."""
     root = generate_captioned_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train=16,
                                      num_dev=0, num_test=0, image_size=IMAGE_SIZE, progress=False)
     files = locate_dataset(root)
-    objects = json.loads((root / "objects.json").read_text())
-    items = [(name, training_texts(captions, synthetic_object_words(objects, name),
-                                   rng=np.random.default_rng(i)))
+    items = [(name, training_texts(captions, SHAPES_VOCABULARY, rng=np.random.default_rng(i)))
              for i, (name, captions) in enumerate(load_split(files, "train"))]
     return files.images_dir, items
 

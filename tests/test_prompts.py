@@ -1,8 +1,7 @@
-"""Tests for utils.prompts: nouns from Flickr-style captions, synthetic object words, prompts."""
+"""Tests for utils.prompts: object phrases from Flickr-style and synthetic captions, prompts."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -10,13 +9,20 @@ import pytest
 
 from utils.prompts import (
     FLICKR_NOUNS,
+    FLICKR_VOCABULARY,
     PROMPT_TEMPLATES,
-    extract_nouns,
+    SHAPES_VOCABULARY,
+    PhraseVocabulary,
+    caption_phrases,
+    extract_phrases,
     format_prompt,
-    synthetic_object_words,
     training_texts,
 )
-from utils.synthetic import COLOURS, SHAPES, generate_captioned_shapes, render_sample
+from utils.synthetic import render_sample
+
+
+def nouns_of(caption: str, vocabulary: PhraseVocabulary = FLICKR_VOCABULARY) -> list[str]:
+    return [phrase for phrase in extract_phrases(caption, vocabulary) if " " not in phrase]
 
 
 @pytest.mark.parametrize("caption, nouns", [
@@ -32,41 +38,61 @@ from utils.synthetic import COLOURS, SHAPES, generate_captioned_shapes, render_s
     ("Men and women dance in boxes", ["man", "woman", "box"]),
     ("A skateboarder does a trick on a ramp .", ["skateboarder", "ramp"]),
 ])
-def test_extract_nouns_from_flickr_style_captions(caption, nouns):
-    assert extract_nouns(caption) == nouns
+def test_the_nouns_of_flickr_style_captions(caption, nouns):
+    assert nouns_of(caption) == nouns
 
 
-def test_extract_nouns_limits_and_options():
-    assert extract_nouns("A man rides a unicycle") == ["man"]        # not in the vocabulary
-    assert extract_nouns("A man rides a unicycle", FLICKR_NOUNS | {"unicycle"}) == ["man",
-                                                                                     "unicycle"]
-    assert extract_nouns("") == [] and extract_nouns("is running quickly .") == []
+@pytest.mark.parametrize("caption, phrases", [
+    ("A black dog and a spotted dog are fighting", ["dog", "black dog", "spotted dog"]),
+    ("Two young children are playing on the beach .", ["child", "young child", "beach"]),
+    ("A man in a red shirt is climbing a rock wall .",
+     ["man", "shirt", "red shirt", "rock", "wall"]),
+    ("A little black dog runs", ["dog", "little black dog"]),
+    ("a dog black", ["dog"]),                        # a modifier after its noun is not joined
+])
+def test_noun_phrases_keep_the_modifiers_right_before_the_noun(caption, phrases):
+    assert extract_phrases(caption) == phrases
+
+
+@pytest.mark.parametrize("caption, phrases", [
+    ("a large red circle to the left of a small blue square",
+     ["circle", "large red circle", "square", "small blue square"]),
+    ("a photo of a red circle and a blue square", ["circle", "red circle", "square",
+                                                   "blue square"]),
+    ("two circles and a cross", ["circle", "cross"]),
+    ("there are two shapes: a large star in green and a small triangle at the top",
+     ["star", "large star", "triangle", "small triangle"]),
+    ("something red and something blue", []),
+])
+def test_the_same_mechanism_reads_the_synthetic_captions(caption, phrases):
+    assert extract_phrases(caption, SHAPES_VOCABULARY) == phrases
+
+
+def test_phrases_of_generated_captions_name_the_generators_objects():
+    # Every object of a generated image is named with its colour by some caption, and nothing
+    # else is named: the captions carry what the generator's metadata knows.
+    for seed in range(60):
+        sample = render_sample(np.random.default_rng(seed), 64)
+        phrases = caption_phrases(sample.captions, SHAPES_VOCABULARY)
+        for obj in sample.objects:
+            assert obj.shape in phrases and f"{obj.colour} {obj.shape}" in phrases
+        for phrase in phrases:
+            *modifiers, noun = phrase.split()
+            assert any(o.shape == noun and set(modifiers) <= {o.colour, o.size}
+                       for o in sample.objects), (phrase, sample.captions)
+
+
+def test_phrase_extraction_limits_and_options():
+    assert nouns_of("A man rides a unicycle") == ["man"]        # not in the vocabulary
+    wider = PhraseVocabulary(FLICKR_NOUNS | {"unicycle"}, frozenset({"tall"}))
+    assert extract_phrases("A man rides a tall unicycle", wider) == ["man", "unicycle",
+                                                                     "tall unicycle"]
+    assert extract_phrases("") == [] and extract_phrases("is running quickly .") == []
     assert all(noun == noun.lower() and " " not in noun for noun in FLICKR_NOUNS)
     with pytest.raises(TypeError, match="one caption string"):
-        extract_nouns(["a dog"])
-
-
-def test_synthetic_object_words_from_a_generated_objects_json(tmp_path):
-    root = generate_captioned_shapes(tmp_path / "shapes", num_train=6, num_dev=0, num_test=0,
-                                     image_size=32, progress=False)
-    objects = json.loads((root / "objects.json").read_text())
-    for name, image_objects in objects.items():
-        words = synthetic_object_words(objects, name)
-        assert len(words) == len(set(words))
-        for obj in image_objects:
-            assert obj["shape"] in words and f"{obj['colour']} {obj['shape']}" in words
-        assert all(w in SHAPES or (w.split()[0] in COLOURS and w.split()[1] in SHAPES)
-                   for w in words)
-    with pytest.raises(KeyError, match="objects.json of the same dataset"):
-        synthetic_object_words(objects, "missing.png")
-
-
-def test_synthetic_object_words_keep_order_and_merge_repeats():
-    objects = {"a.png": [{"shape": "circle", "colour": "red", "size": "small", "box": [0] * 4},
-                         {"shape": "circle", "colour": "blue", "size": "large", "box": [0] * 4}]}
-    assert synthetic_object_words(objects, "a.png") == ["circle", "red circle", "blue circle"]
-    with pytest.raises(ValueError, match="lacks 'shape' or 'colour'"):
-        synthetic_object_words({"b.png": [{"shape": "star"}]}, "b.png")
+        extract_phrases(["a dog"])
+    with pytest.raises(TypeError, match="list of caption strings"):
+        caption_phrases("a dog")
 
 
 def test_format_prompt_fixes_the_article():
@@ -79,24 +105,31 @@ def test_format_prompt_fixes_the_article():
         format_prompt("a photo of a dog.", "dog")
 
 
-def test_training_texts_are_captions_then_every_prompt_once():
-    texts = training_texts(["A Dog  runs .", "a dog runs ."], ["dog", "ball", "dog"])
-    assert texts[0] == "a dog runs ."
-    assert len(texts) == len(set(texts)) == 1 + 2 * len(PROMPT_TEMPLATES)
-    assert "a photo of a ball" in texts and "a dog" in texts
+def test_training_texts_put_every_phrase_in_every_template_once():
+    texts = training_texts(["A Dog  runs .", "a black dog runs ."])
+    assert len(texts) == len(set(texts)) == 2 * len(PROMPT_TEMPLATES)     # "dog", "black dog"
+    assert "a photo of a black dog" in texts and "a dog" in texts
+    with_captions = training_texts(["A Dog  runs .", "a dog runs ."], with_captions=True)
+    assert with_captions[0] == "a dog runs ." and len(with_captions) == 1 + len(PROMPT_TEMPLATES)
 
 
-def test_training_texts_with_rng_pick_one_template_per_word():
-    words = ["circle", "red circle", "star"]
-    texts = training_texts(["a red circle and a star"], words, rng=np.random.default_rng(0))
-    assert len(texts) == 1 + len(words)
-    assert texts == training_texts(["a red circle and a star"], words, rng=np.random.default_rng(0))
-    for word, text in zip(words, texts[1:], strict=True):
-        assert word in text and any(text == format_prompt(t, word) for t in PROMPT_TEMPLATES)
+def test_training_texts_with_rng_pick_one_template_per_phrase():
+    captions = ["a red circle and a star"]
+    texts = training_texts(captions, SHAPES_VOCABULARY, rng=np.random.default_rng(0))
+    phrases = ["circle", "red circle", "star"]
+    assert len(texts) == len(phrases)
+    assert texts == training_texts(captions, SHAPES_VOCABULARY, rng=np.random.default_rng(0))
+    for phrase, text in zip(phrases, texts, strict=True):
+        assert phrase in text and any(text == format_prompt(t, phrase) for t in PROMPT_TEMPLATES)
     with pytest.raises(TypeError, match="list of caption strings"):
-        training_texts("a red circle", words)
+        training_texts("a red circle", SHAPES_VOCABULARY)
     with pytest.raises(ValueError, match="exactly one"):
-        training_texts(["a circle"], words, templates=("a photo",))
+        training_texts(captions, SHAPES_VOCABULARY, templates=("a photo",))
+
+
+def test_an_image_whose_captions_name_nothing_keeps_its_captions():
+    assert training_texts(["Something Red and something blue"], SHAPES_VOCABULARY) == [
+        "something red and something blue"]
 
 
 def test_templates_use_words_the_synthetic_captions_use():

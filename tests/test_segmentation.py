@@ -15,17 +15,21 @@ from utils.metrics import iou_from_confusion, segmentation_confusion
 from utils.pacl import PACL
 from utils.prompts import format_prompt
 from utils.segmentation import (
+    COSINE_QUANTILES,
+    BackgroundChoice,
     SegmentationRun,
     Segmenter,
-    best_threshold,
     class_embeddings,
     confusions_by_threshold,
     maskclip_patch_embeddings,
-    masks_from_probabilities,
+    masks_from_scores,
     normalised_entropy,
+    object_masks,
     patch_embeddings,
     run_segmentation,
+    threshold_grid,
     threshold_with_best_miou,
+    tune_background,
     upsample_scores,
 )
 from utils.synthetic import CLASS_NAMES, generate_captioned_shapes
@@ -123,19 +127,32 @@ def test_normalised_entropy_is_zero_when_certain_and_one_when_uniform():
 
 
 def test_entropy_background_hand_computed():
-    # Three pixels over 2 classes: confident class 0, confident class 1, undecided.
+    # Three pixels over 2 classes: confident class 0, confident class 1, undecided. With a logit
+    # scale of 1, softmax(log p) = p: the scores below give exactly these probabilities.
     probabilities = torch.tensor([[0.95, 0.02, 0.5], [0.05, 0.98, 0.5]]).view(1, 2, 1, 3)
-    masks = masks_from_probabilities(probabilities, "entropy", threshold=0.5)
+    scores = probabilities.log()
+    masks = masks_from_scores(scores, 1.0, "entropy", threshold=0.5)
     assert masks.tolist() == [[[1, 2, 0]]]     # class c -> c + 1, undecided -> background 0
-    everything = masks_from_probabilities(probabilities, "entropy", threshold=1.0)
+    everything = masks_from_scores(scores, 1.0, "entropy", threshold=1.0)
     assert everything.tolist() == [[[1, 2, 1]]]  # no pixel is above the maximum entropy
 
 
-def test_prompt_background_competes_in_the_argmax():
-    probabilities = torch.tensor([[0.7, 0.1], [0.2, 0.1], [0.1, 0.8]]).view(1, 3, 1, 2)
-    assert masks_from_probabilities(probabilities, "prompt").tolist() == [[[0, 2]]]
+def test_cosine_background_hand_computed():
+    # Best cosines 0.9, 0.8 and 0.3: only the last is below 0.5. The logit scale plays no part.
+    scores = torch.tensor([[0.9, 0.1, 0.3], [0.2, 0.8, 0.25]]).view(1, 2, 1, 3)
+    for scale in (1.0, 100.0):
+        assert masks_from_scores(scores, scale, "cosine", threshold=0.5).tolist() == [[[1, 2, 0]]]
+    assert masks_from_scores(scores, 1.0, "cosine", threshold=-1.0).tolist() == [[[1, 2, 1]]]
+    assert masks_from_scores(scores, 1.0, "cosine", threshold=0.95).tolist() == [[[0, 0, 0]]]
+
+
+def test_prompt_background_competes_in_the_argmax_and_object_masks_never_say_background():
+    scores = torch.tensor([[0.7, 0.1], [0.2, 0.1], [0.1, 0.8]]).view(1, 3, 1, 2)
+    assert masks_from_scores(scores, 1.0, "prompt").tolist() == [[[0, 2]]]
+    assert object_masks(scores, "prompt").tolist() == [[[1, 2]]]     # the prompt entry left out
+    assert object_masks(scores, "cosine").tolist() == [[[1, 3]]]
     with pytest.raises(ValueError, match="background"):
-        masks_from_probabilities(probabilities, "nothing")
+        masks_from_scores(scores, 1.0, "nothing")
 
 
 def test_segmenter_handles_images_of_any_size(course_backbone, hf_backbone):
@@ -162,21 +179,87 @@ def test_segmenter_scale_defaults_to_the_trained_ones(course_backbone):
 # Evaluation plumbing
 # --------------------------------------------------------------------------------------------
 
-def test_perfect_probabilities_score_miou_one_and_thresholds_are_tuned(course_backbone):
-    targets = torch.tensor([[[0, 1, 1, 2]], [[2, 2, 0, 0]]], dtype=torch.uint8)
-    segmenter = Segmenter(course_backbone, ["a", "b"], method="raw")
-    # Confident where there is a class, uniform where there is background.
-    probabilities = torch.full((2, 2, 1, 4), 0.5)
+TARGETS = torch.tensor([[[0, 1, 1, 2]], [[2, 2, 0, 0]]], dtype=torch.uint8)     # [2, 1, 4]
+
+
+def scores_for(targets: torch.Tensor, on_class: tuple[float, float],
+               on_background: tuple[float, float]) -> torch.Tensor:
+    """Cosines ``[N, 2, H, W]``: ``on_class`` = (right class, other class) on a class's pixels,
+    ``on_background`` = (class 1, class 2) on background pixels."""
+    scores = torch.empty(targets.shape[0], 2, *targets.shape[1:])
     for value in (1, 2):
-        where = targets == value
-        probabilities[:, value - 1][where] = 0.99
-        probabilities[:, 2 - value][where] = 0.01
-    run = SegmentationRun(probabilities.half(), targets, ["x", "y"])
+        scores[:, value - 1][targets == value] = on_class[0]
+        scores[:, 2 - value][targets == value] = on_class[1]
+    for c in (0, 1):
+        scores[:, c][targets == 0] = on_background[c]
+    return scores
+
+
+def test_perfect_scores_score_miou_one_and_thresholds_are_tuned(course_backbone):
+    segmenter = Segmenter(course_backbone, ["a", "b"], method="raw", logit_scale=10.0)
+    # Clear winners on the shapes, two equal low cosines on the background: both rules work.
+    run = SegmentationRun(scores_for(TARGETS, (0.9, 0.1), (0.3, 0.3)).half(), TARGETS, ["x", "y"])
     assert run.metrics(segmenter, threshold=0.5)["mIoU"] == pytest.approx(1.0)
     assert run.metrics(segmenter, threshold=1.0)["mIoU"] < 1.0   # background never found
-    # Confident pixels have normalised entropy 0.08: the first grid value above it wins.
-    assert best_threshold(run, segmenter) == pytest.approx(0.10)
+    assert run.metrics(segmenter, 0.5, background="cosine")["mIoU"] == pytest.approx(1.0)
     assert run.per_image_miou(segmenter) == pytest.approx([1.0, 1.0])
+    choice = tune_background(run, segmenter)
+    assert choice.dev_miou == pytest.approx({"entropy": 1.0, "cosine": 1.0})
+    # Confident shape pixels have normalised entropy 0.004: the first grid value is above it.
+    only_entropy = tune_background(run, segmenter, rules=("entropy",))
+    assert (only_entropy.background, only_entropy.threshold) == ("entropy", pytest.approx(0.05))
+
+
+def test_the_rule_that_separates_background_is_chosen(course_backbone):
+    # On the background, class "a" wins clearly but with a low cosine (0.5 against 0.9 on the
+    # shapes): the entropy calls that pixel *more* certain than the shapes and cannot single it
+    # out, the best cosine can.
+    segmenter = Segmenter(course_backbone, ["a", "b"], method="raw", logit_scale=10.0)
+    run = SegmentationRun(scores_for(TARGETS, (0.9, 0.1), (0.5, -0.5)).half(), TARGETS, ["x", "y"])
+    choice = tune_background(run, segmenter)
+    assert choice.background == "cosine" and 0.5 < choice.threshold <= 0.9
+    assert choice.dev_miou["cosine"] == pytest.approx(1.0) and choice.dev_miou["entropy"] < 0.7
+    segmenter.use_background(choice)
+    assert (segmenter.background, segmenter.threshold) == ("cosine", choice.threshold)
+    assert run.metrics(segmenter)["mIoU"] == pytest.approx(1.0)
+    # Mutation guard: the same scores read with the entropy rule cannot reach 1.
+    assert max(run.metrics(segmenter, t, "entropy")["mIoU"]
+               for t in threshold_grid(run, "entropy")) < 0.7
+
+
+def test_objects_only_ignores_background_pixels_and_never_predicts_background(course_backbone):
+    segmenter = Segmenter(course_backbone, ["a", "b"], method="raw", background="cosine",
+                          threshold=0.95)       # would call every pixel background
+    scores = scores_for(TARGETS, (0.9, 0.1), (0.5, -0.5))
+    scores[0, :, 0, 1] = torch.tensor([0.1, 0.8])      # one class-1 pixel predicted as class 2
+    run = SegmentationRun(scores.half(), TARGETS, ["x", "y"])
+    assert run.metrics(segmenter)["mIoU"] < 0.5
+    objects = run.object_metrics(segmenter)
+    # Object pixels: class 1 = 2 pixels (1 right), class 2 = 3 pixels (all right, 1 extra).
+    assert objects["present_classes"] == [1, 2]
+    assert objects["per_class_iou"][1:] == pytest.approx([1 / 2, 3 / 4])
+    assert objects["mIoU"] == pytest.approx((1 / 2 + 3 / 4) / 2)
+
+
+def test_cosine_threshold_grid_cuts_the_tuning_pixels_at_its_quantiles():
+    scores = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    run = SegmentationRun(scores.half(), torch.zeros(3, 8, 8, dtype=torch.uint8), ["a", "b", "c"])
+    grid = threshold_grid(run, "cosine")
+    assert len(grid) == len(COSINE_QUANTILES) and list(grid) == sorted(grid)
+    best = run.scores.float().amax(1)
+    for quantile, threshold in zip(COSINE_QUANTILES, grid, strict=True):
+        assert (best < threshold).float().mean().item() == pytest.approx(quantile, abs=0.02)
+    with pytest.raises(ValueError, match="thresholds to tune"):
+        threshold_grid(run, "prompt")
+
+
+def test_switching_rules_brings_the_background_prompt_in_and_out(course_backbone):
+    segmenter = Segmenter(course_backbone, ["circle", "star"], method="raw")
+    assert segmenter.text_embeddings().shape[0] == 2
+    segmenter.use_background(BackgroundChoice("prompt", 0.0, {}))
+    assert segmenter.text_embeddings().shape[0] == 3
+    segmenter.use_background(BackgroundChoice("cosine", 0.2, {}))
+    assert segmenter.text_embeddings().shape[0] == 2
 
 
 def test_run_segmentation_on_synthetic_images(tmp_path, course_backbone):
@@ -186,27 +269,29 @@ def test_run_segmentation_on_synthetic_images(tmp_path, course_backbone):
     segmenter = Segmenter(course_backbone, list(CLASS_NAMES[1:]), method="raw")
     run = run_segmentation(segmenter, root / "Images", root / "masks", names, IMAGE_SIZE,
                            batch_size=4, progress=False)
-    assert run.probabilities.shape == (6, len(CLASS_NAMES) - 1, IMAGE_SIZE, IMAGE_SIZE)
+    assert run.scores.shape == (6, len(CLASS_NAMES) - 1, IMAGE_SIZE, IMAGE_SIZE)
     assert run.targets.shape == (6, IMAGE_SIZE, IMAGE_SIZE)
     metrics = run.metrics(segmenter)
     assert 0.0 <= metrics["mIoU"] <= 1.0 and not math.isnan(metrics["pixel_accuracy"])
     assert len(metrics["per_class_iou"]) == len(CLASS_NAMES)
 
 
-def test_confusions_by_threshold_match_masks_and_add_up_over_images():
+@pytest.mark.parametrize("background", ["entropy", "cosine"])
+def test_confusions_by_threshold_match_masks_and_add_up_over_images(background):
     generator = torch.Generator().manual_seed(0)
-    probabilities = torch.rand(3, 2, 4, 5, generator=generator).softmax(1)
+    scores = torch.rand(3, 2, 4, 5, generator=generator) * 2 - 1
     targets = torch.randint(0, 3, (3, 4, 5), generator=generator)
     thresholds = (0.2, 0.9)
-    confusions = confusions_by_threshold(probabilities, targets, 3, thresholds)
+    confusions = confusions_by_threshold(scores, targets, 3, 5.0, background, thresholds)
     assert confusions.shape == (2, 3, 3)
     for k, t in enumerate(thresholds):
-        expected = segmentation_confusion(masks_from_probabilities(probabilities, "entropy", t),
+        expected = segmentation_confusion(masks_from_scores(scores, 5.0, background, t),
                                           targets, 3)
         assert torch.equal(confusions[k], expected)
-    one_by_one = sum(confusions_by_threshold(p[None], y[None], 3, thresholds)
-                     for p, y in zip(probabilities, targets, strict=True))
+    one_by_one = sum(confusions_by_threshold(p[None], y[None], 3, 5.0, background, thresholds)
+                     for p, y in zip(scores, targets, strict=True))
     assert torch.equal(one_by_one, confusions)
-    best = threshold_with_best_miou(confusions, thresholds)
+    best, miou = threshold_with_best_miou(confusions, thresholds)
     assert best == max(thresholds, key=lambda t: iou_from_confusion(
         confusions[thresholds.index(t)])["mIoU"])
+    assert miou == pytest.approx(iou_from_confusion(confusions[thresholds.index(best)])["mIoU"])

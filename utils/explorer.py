@@ -11,7 +11,7 @@ The segmenter comes in as a function, so the explorer works with any method::
 
     image        [H, W, 3] uint8, one of the images given to the explorer
     class_names  list of C >= 1 foreground class names (free text is allowed: "a red circle")
-    threshold    the slider's value, e.g. PACL's entropy threshold for background
+    threshold    the slider's value: the background rule's threshold (an entropy, or a cosine)
     scores       [C, H, W] per-pixel scores (e.g. class probabilities), scores[c] for class_names[c]
     mask         [H, W] ints: 0 background, c + 1 for class_names[c]
 """
@@ -80,8 +80,9 @@ def message_figure(image: np.ndarray, message: str) -> Figure:
 def segmentation_explorer(images: Sequence[np.ndarray], segment_fn: SegmentFn,
                           class_names: Sequence[str], *,
                           image_names: Sequence[str] | None = None, threshold: float = 0.5,
-                          prompts: str = "", display_figures: bool = True
-                          ) -> widgets.interactive:
+                          threshold_range: tuple[float, float] = (0.0, 1.0),
+                          threshold_label: str = "threshold", prompts: str = "",
+                          display_figures: bool = True) -> widgets.interactive:
     """The explorer widget: display it (last line of a cell) and play with the controls.
 
     Args:
@@ -89,7 +90,10 @@ def segmentation_explorer(images: Sequence[np.ndarray], segment_fn: SegmentFn,
         segment_fn: the segmenter, see the module docstring for its contract.
         class_names: the class list (all ticked at the start).
         image_names: labels for the image picker (default ``image 0``, ``image 1``, ...).
-        threshold: the slider's start value (range 0-1).
+        threshold: the slider's start value.
+        threshold_range: the slider's (min, max): (0, 1) suits a normalised entropy; a cosine
+            threshold is better given a range around the tuned value.
+        threshold_label: names the threshold in the figure's title (e.g. "best cosine <").
         prompts: start text of the free-text box (comma-separated class names).
         display_figures: show each figure in the widget's output (False: only keep it, for tests).
 
@@ -103,6 +107,9 @@ def segmentation_explorer(images: Sequence[np.ndarray], segment_fn: SegmentFn,
                                                                for i in range(len(images))]
     if len(names) != len(images):
         raise ValueError(f"{len(names)} image_names for {len(images)} images")
+    low, high = threshold_range
+    if not low <= threshold <= high:
+        raise ValueError(f"threshold {threshold} lies outside threshold_range {threshold_range}")
     last_figure: list[Figure] = []
 
     def draw(image: int, classes: tuple[str, ...], add_classes: str, threshold: float) -> Figure:
@@ -113,7 +120,7 @@ def segmentation_explorer(images: Sequence[np.ndarray], segment_fn: SegmentFn,
         if wanted:
             scores, mask = segment_fn(picture, wanted, threshold)
             fig = explorer_figure(picture, scores, mask, wanted,
-                                  title=f"{names[image]} (threshold {threshold:.2f})")
+                                  title=f"{names[image]} ({threshold_label} {threshold:.2f})")
         else:
             fig = message_figure(picture, "tick a class or type one (comma-separated)")
         last_figure.append(fig)
@@ -131,6 +138,7 @@ def segmentation_explorer(images: Sequence[np.ndarray], segment_fn: SegmentFn,
         add_classes=widgets.Text(value=prompts, description="add classes",
                                  placeholder="e.g. red circle, sky", continuous_update=False,
                                  style=style),
-        threshold=widgets.FloatSlider(value=threshold, min=0.0, max=1.0, step=0.05,
-                                      continuous_update=False, description="threshold"),
+        threshold=widgets.FloatSlider(value=threshold, min=low, max=high,
+                                      step=(high - low) / 40, continuous_update=False,
+                                      description="threshold"),
     )

@@ -91,9 +91,8 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
             :class:`~utils.backbones.HFCLIPBackbone`.
         images_dir: folder of the image files.
         items: ``(image file name, training texts of that image)`` pairs; build the texts with
-            :func:`utils.prompts.training_texts` from the image's captions and object words
-            (:func:`~utils.prompts.extract_nouns` of the captions on Flickr8k,
-            :func:`~utils.prompts.synthetic_object_words` on the synthetic set). Texts are used as
+            :func:`utils.prompts.training_texts` from the image's captions (the object phrases
+            they name, in prompt templates, on Flickr8k and on the synthetic set). Texts are used as
             given; equal strings are stored (and embedded) once.
         image_size: images are resized to this square with the backbone's eval transform (no
             augmentation: the cache holds one view of each image).

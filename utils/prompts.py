@@ -1,31 +1,37 @@
-"""Training texts for PACL: captions plus the objects they name, wrapped in prompt templates.
+"""Training texts for PACL: the phrases captions use for single objects, in prompt templates.
 
-PACL (Mukhoti et al., CVPR 2023) trains on full captions and on the nouns found in them, each put
-into a CLIP-style prompt such as "a photo of a dog.". At test time, segmentation scores every patch
-against class prompts built from the same templates, so training on them keeps those prompts
-in-distribution.
+PACL's compatibility asks "which patches match this text?". A whole caption ("a large red circle
+left of a small blue square") is matched by the whole image, so every patch is asked to summarise
+it. A phrase that names one object ("red circle") is matched by one region, and the question gets
+a real answer. So the course trains PACL on the *object phrases* found in each image's captions,
+each put into a CLIP-style prompt ("a photo of a red circle"): the same prompts segmentation uses
+later for class names. This is the course's choice (see notebook 02 for what it changes); the
+paper trains on captions.
 
-Nouns are found without spaCy or NLTK (both need model downloads that Colab and offline laptops may
-not have): a caption's words are looked up in a curated vocabulary of object nouns common in Flickr8k
-captions, after undoing plurals ("dogs" -> "dog", "children" -> "child", "puppies" -> "puppy").
-Limits of this approach:
+One mechanism serves both datasets (:func:`extract_phrases`): a caption's words are looked up in a
+:class:`PhraseVocabulary` of object *nouns* (singular; plurals undone: "dogs" -> "dog",
+"children" -> "child", "puppies" -> "puppy") and of *modifiers* (colours, sizes, ...). Every noun
+gives itself and, when modifiers stand right before it, the phrase with them ("a man in a red
+shirt" -> "man", "shirt", "red shirt"). No parser (spaCy and NLTK need model downloads that Colab
+and offline laptops may not have), so:
 
 - recall: a noun outside the vocabulary is missed ("a man on a unicycle" gives only "man");
-  pass ``vocabulary=`` to extend it;
-- no parsing: a listed word used as a verb counts ("a boy swings" gives "swing"), and a noun used as
-  a modifier counts too ("rock climbing" gives "rock");
-- one word each: compounds are not kept together ("tennis ball" gives "tennis" and "ball").
-
-For the synthetic set no guessing is needed: the generator wrote every image's objects to
-``objects.json`` (:func:`synthetic_object_words`).
+  extend the vocabulary's sets to fix that;
+- no parsing: a listed word used as a verb counts ("a boy swings" gives "swing"), a noun used as
+  a modifier counts on its own ("rock climbing" gives "rock"), and a modifier after its noun is
+  not joined ("a large circle in red" gives "circle" and "large circle");
+- compounds are not kept together ("tennis ball" gives "tennis" and "ball").
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from utils.synthetic import COLOURS, SHAPES, SIZES
 
 # Close to the short captions of the synthetic set ("a photo of ...", "an image of ...", "a circle"),
 # so the course's own tokenizer knows their words, and close to CLIP's usual prompts. No final
@@ -74,6 +80,15 @@ FLICKR_NOUNS: frozenset[str] = frozenset(
     """.split()
 )
 
+# Words that describe an object in Flickr8k captions: colours, sizes, ages, looks.
+FLICKR_MODIFIERS: frozenset[str] = frozenset(
+    """
+    black white brown red blue green yellow orange pink purple grey gray tan golden blond blonde
+    dark light striped spotted colorful small large big little tiny huge tall long short young old
+    wet muddy dirty fluffy furry shirtless
+    """.split()
+)
+
 IRREGULAR_PLURALS: dict[str, str] = {
     "men": "man", "women": "woman", "children": "child", "people": "person", "feet": "foot",
     "teeth": "tooth", "geese": "goose", "leaves": "leaf", "policemen": "policeman",
@@ -85,20 +100,47 @@ _WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
 _ARTICLE_BEFORE_SLOT = re.compile(r"(^|\s)a $")
 
 
-def extract_nouns(caption: str, vocabulary: Collection[str] = FLICKR_NOUNS) -> list[str]:
-    """The object nouns of ``caption`` found in ``vocabulary``, singular, in order, each once.
+@dataclass(frozen=True)
+class PhraseVocabulary:
+    """The words :func:`extract_phrases` looks for: object ``nouns`` (singular) and the
+    ``modifiers`` that may stand before them (colours, sizes, ...), all lower case."""
 
-    ``"Two dogs chase a ball on the beach ."`` -> ``["dog", "ball", "beach"]``. See the module
-    docstring for how this works and where it fails.
+    nouns: frozenset[str]
+    modifiers: frozenset[str] = frozenset()
+
+
+FLICKR_VOCABULARY = PhraseVocabulary(FLICKR_NOUNS, FLICKR_MODIFIERS)
+# The synthetic set's captions name shapes with their colour and size ("a large red circle").
+SHAPES_VOCABULARY = PhraseVocabulary(frozenset(SHAPES), frozenset(COLOURS) | frozenset(SIZES))
+
+
+def extract_phrases(caption: str, vocabulary: PhraseVocabulary = FLICKR_VOCABULARY) -> list[str]:
+    """The object phrases of ``caption``: each listed noun (singular), and the noun with the
+    listed modifiers right before it, in order, each once.
+
+    ``"Two black dogs chase a ball ."`` -> ``["dog", "black dog", "ball"]``;
+    ``"a large red circle left of a star"`` (shapes vocabulary) ->
+    ``["circle", "large red circle", "star"]``. See the module docstring for where it fails.
     """
     if not isinstance(caption, str):
-        raise TypeError(f"extract_nouns takes one caption string, got {type(caption).__name__}")
-    nouns: list[str] = []
+        raise TypeError(f"extract_phrases takes one caption string, got {type(caption).__name__}")
+    phrases: list[str] = []
+    modifiers: list[str] = []            # the listed modifiers just before the current word
     for word in _WORD.findall(caption.lower()):
-        noun = _listed_noun(word.removesuffix("'s"), vocabulary)
-        if noun is not None and noun not in nouns:
-            nouns.append(noun)
-    return nouns
+        noun = _listed_noun(word.removesuffix("'s"), vocabulary.nouns)
+        if noun is not None:
+            phrases += [noun, " ".join([*modifiers, noun])]
+        modifiers = [*modifiers, word] if word in vocabulary.modifiers else []
+    return list(dict.fromkeys(phrases))
+
+
+def caption_phrases(captions: Sequence[str], vocabulary: PhraseVocabulary = FLICKR_VOCABULARY
+                    ) -> list[str]:
+    """The object phrases of all of one image's ``captions``, first occurrence first, each once."""
+    if isinstance(captions, str):
+        raise TypeError("captions must be a list of caption strings, not one string")
+    return list(dict.fromkeys(phrase for caption in captions
+                              for phrase in extract_phrases(caption, vocabulary)))
 
 
 def _listed_noun(word: str, vocabulary: Collection[str]) -> str | None:
@@ -118,30 +160,6 @@ def _singular_guesses(word: str) -> Iterable[str]:
         yield word[:-2]
     if word.endswith("s") and not word.endswith("ss"):
         yield word[:-1]
-
-
-def synthetic_object_words(objects_json: Mapping[str, list[dict]], image_name: str) -> list[str]:
-    """Object words of one synthetic image, from the generator's ``objects.json`` (already parsed).
-
-    Each object gives its shape and its colour with its shape: an image with a red circle and a
-    blue star -> ``["circle", "red circle", "star", "blue star"]`` (each word once).
-    """
-    if image_name not in objects_json:
-        raise KeyError(
-            f"{image_name!r} is not in objects.json ({len(objects_json)} images). Pass the "
-            "objects.json of the same dataset folder as the images (json.load it first)."
-        )
-    words: list[str] = []
-    for obj in objects_json[image_name]:
-        if "shape" not in obj or "colour" not in obj:
-            raise ValueError(
-                f"objects.json entry of {image_name!r} lacks 'shape' or 'colour': {obj!r}. "
-                "Regenerate the dataset with utils.synthetic.generate_captioned_shapes."
-            )
-        for word in (obj["shape"], f"{obj['colour']} {obj['shape']}"):
-            if word not in words:
-                words.append(word)
-    return words
 
 
 def format_prompt(template: str, word: str) -> str:
@@ -173,23 +191,29 @@ def normalise_text(text: str) -> str:
 
 def training_texts(
     captions: Sequence[str],
-    object_words: Iterable[str],
+    vocabulary: PhraseVocabulary = FLICKR_VOCABULARY,
     templates: Sequence[str] = PROMPT_TEMPLATES,
     rng: np.random.Generator | None = None,
+    with_captions: bool = False,
 ) -> list[str]:
-    """One image's PACL training texts: its captions, then its object words in prompt templates.
+    """One image's PACL training texts: the object phrases of its captions, in prompt templates.
 
-    Every template is used for every word when ``rng`` is None; with a numpy ``Generator`` each
-    word gets one template drawn at random (fewer texts, so captions keep a larger share when a
-    training item draws one of its image's texts uniformly). Texts are normalised
-    (:func:`normalise_text`) and each is kept once, first occurrence first.
+    Args:
+        captions: the image's captions.
+        vocabulary: what counts as an object phrase (:func:`extract_phrases`).
+        templates: prompt templates; every phrase goes into every template when ``rng`` is None,
+            into one drawn at random with a numpy ``Generator`` (reproducible with a seed).
+        with_captions: put the captions themselves first (the paper's training text). An image
+            whose captions name no listed object keeps its captions in any case, so that it
+            still has a text.
+
+    Texts are normalised (:func:`normalise_text`) and each is kept once, first occurrence first.
     """
-    if isinstance(captions, str):
-        raise TypeError("captions must be a list of caption strings, not one string")
     for template in templates:
         _check_template(template)
-    texts = [normalise_text(caption) for caption in captions]
-    for word in object_words:
+    phrases = caption_phrases(captions, vocabulary)
+    texts = [normalise_text(caption) for caption in captions] if with_captions or not phrases else []
+    for phrase in phrases:
         chosen = templates if rng is None else [templates[int(rng.integers(len(templates)))]]
-        texts += [normalise_text(format_prompt(template, word)) for template in chosen]
+        texts += [normalise_text(format_prompt(template, phrase)) for template in chosen]
     return list(dict.fromkeys(text for text in texts if text))

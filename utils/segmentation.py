@@ -6,12 +6,22 @@ class it matches best::
 
     class_emb[c]      = normalise(mean_t normalise(e_t(template_t(name_c))))   prompt ensemble
     scores[b, c, p]   = cos(patch_emb[b, p], class_emb[c])                     [B, C, P]
-    probs[b, :, y, x] = softmax_c(s * bilinear_upsample(scores)[b, :, y, x])   s = logit scale
-    mask[b, y, x]     = 1 + argmax_c probs   or 0 (background), see below
+    pixels[b, :, y, x] = bilinear_upsample(scores)[b, :, y, x]                 cosines per pixel
+    mask[b, y, x]     = 1 + argmax_c pixels   or 0 (background), see below
 
-Background is not a class a caption names, so two ways to find it are offered: PACL's *entropy
-threshold* (a pixel whose class distribution is nearly uniform matches no class well) or an
-explicit *background prompt* that competes with the classes in the argmax.
+Background is not a class a caption names. Three rules find it, each a choice to tune on dev
+images (:func:`tune_background`), never on the test split:
+
+- ``"entropy"``: softmax the pixel's class cosines (times the logit scale ``s``); where that
+  distribution is nearly uniform (normalised entropy above the threshold), no class wins clearly.
+  It compares the classes *with each other* at one pixel.
+- ``"cosine"``: where even the best class's cosine is below the threshold, nothing matches. It
+  asks each class "how well does this pixel match you?", which is the question PACL's training
+  asks of every patch ("which patches match this text?").
+- ``"prompt"``: background prompts ("a plain background") compete with the classes in the argmax.
+
+The entropy and cosine rules are the course's, both common in open-vocabulary segmentation; the
+PACL paper's benchmarks as the course reproduces them (VOC-20: object pixels only) need none.
 
 Three ways to get patch embeddings, one code path (:func:`patch_embeddings`):
 
@@ -45,7 +55,8 @@ from utils.pacl import PACL, patch_text_similarity
 from utils.prompts import PROMPT_TEMPLATES, format_prompt
 
 METHODS = ("raw", "maskclip", "pacl")
-BACKGROUND_MODES = ("entropy", "prompt")
+BACKGROUND_MODES = ("entropy", "cosine", "prompt")
+THRESHOLD_RULES = ("entropy", "cosine")     # the rules with a threshold to tune
 # No final period, as in PROMPT_TEMPLATES: the course tokenizer maps "." to [UNK].
 BACKGROUND_PROMPTS = ("a plain background", "an empty background", "a photo of nothing")
 
@@ -135,28 +146,52 @@ def normalised_entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tenso
     return entropy / np.log(num_classes) if num_classes > 1 else torch.zeros_like(entropy)
 
 
-def masks_from_probabilities(probabilities: torch.Tensor, background: str = "entropy",
-                             threshold: float = 0.5) -> torch.Tensor:
-    """``[B, K, H, W]`` class probabilities -> ``[B, H, W]`` long masks (0 background, c+1 class c).
+def masks_from_scores(scores: torch.Tensor, logit_scale: float, background: str = "entropy",
+                      threshold: float = 0.5) -> torch.Tensor:
+    """``[B, K, H, W]`` class cosines -> ``[B, H, W]`` long masks (0 background, c+1 class c).
 
     Args:
-        background: ``"entropy"``: the ``K`` entries are the classes, and a pixel whose
-            normalised entropy is above ``threshold`` becomes background (PACL). ``"prompt"``:
-            entry 0 is the background prompt's probability and competes in the argmax; entries
-            ``1..K-1`` are the classes (``threshold`` unused).
+        logit_scale: multiplier of the cosines before the softmax (used by ``"entropy"`` only).
+        background: ``"entropy"``: background where the normalised entropy of
+            ``softmax_c(logit_scale * scores)`` is above ``threshold``. ``"cosine"``: background
+            where the best class's cosine is below ``threshold``. ``"prompt"``: entry 0 is the
+            background prompt and competes in the argmax (``threshold`` unused).
     """
     if background == "prompt":
-        return probabilities.argmax(1)
-    if background != "entropy":
-        raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
-    return entropy_masks(probabilities.argmax(1), normalised_entropy(probabilities), threshold)
+        return scores.argmax(1)
+    best_class, statistic = background_statistic(scores, logit_scale, background)
+    return background_masks(best_class, statistic, background, threshold)
 
 
-def entropy_masks(best_class: torch.Tensor, entropy: torch.Tensor, threshold: float
-                  ) -> torch.Tensor:
-    """PACL's background rule: ``[B, H, W]`` argmax class and normalised entropy -> masks, with
-    0 where the entropy is above ``threshold`` (too unsure: background) and ``c + 1`` elsewhere."""
-    return (best_class + 1).masked_fill(entropy > threshold, 0)
+def background_statistic(scores: torch.Tensor, logit_scale: float, background: str
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, K, H, W]`` class cosines -> (``[B, H, W]`` best class, ``[B, H, W]`` what the rule
+    thresholds: the normalised entropy for ``"entropy"``, the best cosine for ``"cosine"``).
+
+    Computed once, it serves every threshold (:func:`confusions_by_threshold`).
+    """
+    if background == "entropy":
+        return scores.argmax(1), normalised_entropy((logit_scale * scores.float()).softmax(1))
+    if background == "cosine":
+        best = scores.float().max(1)
+        return best.indices, best.values
+    raise ValueError(f"background must be one of {THRESHOLD_RULES} here, got {background!r}")
+
+
+def background_masks(best_class: torch.Tensor, statistic: torch.Tensor, background: str,
+                     threshold: float) -> torch.Tensor:
+    """Masks from :func:`background_statistic`'s output: ``c + 1`` for the best class ``c``, and
+    0 where the rule says background (entropy above, or best cosine below, ``threshold``)."""
+    unsure = statistic > threshold if background == "entropy" else statistic < threshold
+    return (best_class + 1).masked_fill(unsure, 0)
+
+
+def object_masks(scores: torch.Tensor, background: str = "entropy") -> torch.Tensor:
+    """``[B, K, H, W]`` class cosines -> ``[B, H, W]`` masks that never say background: every
+    pixel gets its best class ``c + 1`` (a background prompt's entry, if any, left out). For
+    scoring object pixels only, as the PACL paper's VOC-20 protocol does."""
+    classes = scores[:, 1:] if background == "prompt" else scores
+    return classes.argmax(1) + 1
 
 
 @dataclass
@@ -168,8 +203,9 @@ class Segmenter:
         class_names: the foreground classes (background is found, not named).
         method: ``"raw"`` | ``"maskclip"`` | ``"pacl"`` (see the module docstring).
         pacl: the trained PACL module, for ``method="pacl"``.
-        background: ``"entropy"`` (PACL's threshold) or ``"prompt"`` (background prompts compete).
-        threshold: normalised-entropy threshold for ``background="entropy"``.
+        background: ``"entropy"``, ``"cosine"`` or ``"prompt"`` (see the module docstring).
+        threshold: the normalised-entropy threshold (``"entropy"``) or the cosine threshold
+            (``"cosine"``); tune it with :func:`tune_background`.
         logit_scale: multiplier of the cosines before the softmax over classes; default: the
             scale the embeddings were trained with (PACL's for ``"pacl"``, else CLIP's).
         templates: prompt templates of the class ensemble.
@@ -185,7 +221,7 @@ class Segmenter:
     logit_scale: float | None = None
     templates: Sequence[str] = PROMPT_TEMPLATES
     background_prompts: Sequence[str] = BACKGROUND_PROMPTS
-    _class_emb: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _class_emb: tuple[str, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUND_MODES:
@@ -206,7 +242,8 @@ class Segmenter:
     def text_embeddings(self) -> torch.Tensor:
         """``[K, D]``: the classes (after a background entry in ``"prompt"`` mode), in the space
         the patches are compared in (through PACL's text embedder when it has one)."""
-        if self._class_emb is None:
+        # Cached per rule: the background entry comes and goes with the rule.
+        if self._class_emb is None or self._class_emb[0] != self.background:
             emb = class_embeddings(self.backbone, self.class_names, self.templates)
             if self.background == "prompt":
                 # The background prompts share one ensemble: "an empty background." is no template.
@@ -216,8 +253,13 @@ class Segmenter:
                 emb = torch.cat([background[None], emb])
             if self.method == "pacl":
                 emb = self.pacl.embed_texts(emb.float())
-            self._class_emb = emb
-        return self._class_emb
+            self._class_emb = (self.background, emb)
+        return self._class_emb[1]
+
+    def use_background(self, choice: BackgroundChoice) -> Segmenter:
+        """Switch to the rule and threshold :func:`tune_background` chose; returns ``self``."""
+        self.background, self.threshold = choice.background, choice.threshold
+        return self
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -238,16 +280,18 @@ class Segmenter:
         (default: the input size): the softmax over classes of the scaled :meth:`scores`."""
         return (self.logit_scale * self.scores(images, size)).softmax(1)
 
-    def masks(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """``[B, K, H, W]`` -> ``[B, H, W]`` masks with this segmenter's background rule."""
-        return masks_from_probabilities(probabilities, self.background, self.threshold)
+    def masks(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[B, K, H, W]`` class cosines (:meth:`scores`) -> ``[B, H, W]`` masks with this
+        segmenter's background rule and threshold."""
+        return masks_from_scores(scores, self.logit_scale, self.background, self.threshold)
 
     def segment_image(self, image: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
         """One RGB image ``[H, W, 3]`` uint8 (any size) -> (class probabilities ``[K, H, W]``,
         mask ``[H, W]``) at the image's own size; the network sees it resized to ``image_size``."""
         tensor = self.backbone.image_transform(image_size)(image=image)["image"][None]
-        probabilities = self.probabilities(tensor, size=image.shape[:2])
-        return probabilities[0].cpu().numpy(), self.masks(probabilities)[0].cpu().numpy()
+        scores = self.scores(tensor, size=image.shape[:2])
+        probabilities = (self.logit_scale * scores).softmax(1)
+        return probabilities[0].cpu().numpy(), self.masks(scores)[0].cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,23 +314,36 @@ def load_mask(path: str | Path) -> np.ndarray:
 class SegmentationRun:
     """Predictions of one segmenter on a list of images, kept for metrics and plots.
 
-    ``probabilities`` ``[N, K, H, W]`` float16, ``targets`` ``[N, H, W]`` uint8.
+    ``scores`` ``[N, K, H, W]`` float16 class cosines at the masks' resolution
+    (:meth:`Segmenter.scores`), ``targets`` ``[N, H, W]`` uint8.
     """
 
-    probabilities: torch.Tensor
+    scores: torch.Tensor
     targets: torch.Tensor
     image_names: list[str]
 
-    def masks(self, segmenter: Segmenter, threshold: float | None = None) -> torch.Tensor:
-        """``[N, H, W]`` predicted masks (optionally at another entropy threshold)."""
-        return masks_from_probabilities(self.probabilities.float(), segmenter.background,
-                                        segmenter.threshold if threshold is None else threshold)
+    def masks(self, segmenter: Segmenter, threshold: float | None = None,
+              background: str | None = None) -> torch.Tensor:
+        """``[N, H, W]`` predicted masks with the segmenter's background rule and threshold, or
+        with the ``background`` rule and ``threshold`` given."""
+        return masks_from_scores(self.scores.float(), segmenter.logit_scale,
+                                 background or segmenter.background,
+                                 segmenter.threshold if threshold is None else threshold)
 
     def metrics(self, segmenter: Segmenter, threshold: float | None = None,
-                ignore_index: int = 255) -> dict:
-        """:func:`utils.metrics.mean_iou` of the whole set (pixel counts pooled over images)."""
-        confusion = segmentation_confusion(self.masks(segmenter, threshold), self.targets,
-                                           segmenter.num_classes, ignore_index)
+                background: str | None = None, ignore_index: int = 255) -> dict:
+        """:func:`utils.metrics.mean_iou` of the whole set, background pixels included (pixel
+        counts pooled over images), with the rule and threshold of :meth:`masks`."""
+        confusion = segmentation_confusion(self.masks(segmenter, threshold, background),
+                                           self.targets, segmenter.num_classes, ignore_index)
+        return iou_from_confusion(confusion)
+
+    def object_metrics(self, segmenter: Segmenter, ignore_index: int = 255) -> dict:
+        """mIoU over object pixels only: ground-truth background is ignored and no pixel is
+        predicted background (:func:`object_masks`), as in the PACL paper's VOC-20 protocol."""
+        targets = self.targets.long().masked_fill(self.targets == 0, ignore_index)
+        confusion = segmentation_confusion(object_masks(self.scores, segmenter.background),
+                                           targets, segmenter.num_classes, ignore_index)
         return iou_from_confusion(confusion)
 
     def per_image_miou(self, segmenter: Segmenter, ignore_index: int = 255) -> list[float]:
@@ -302,15 +359,15 @@ def run_segmentation(segmenter: Segmenter, images_dir: str | Path, masks_dir: st
                      image_names: Sequence[str], image_size: int, batch_size: int = 64,
                      progress: bool = True) -> SegmentationRun:
     """Segment every image of ``image_names`` (same-size images, e.g. the synthetic set) and keep
-    the class probabilities at the masks' resolution next to the ground truth."""
-    probabilities, targets = [], []
+    the class cosines at the masks' resolution next to the ground truth."""
+    scores, targets = [], []
     for start in tqdm(range(0, len(image_names), batch_size), desc=f"segmenting ({segmenter.method})",
                       disable=not progress):
         images, masks = load_images_and_masks(segmenter.backbone, images_dir, masks_dir,
                                               image_names[start:start + batch_size], image_size)
-        probabilities.append(segmenter.probabilities(images, size=masks.shape[-2:]).half().cpu())
+        scores.append(segmenter.scores(images, size=masks.shape[-2:]).half().cpu())
         targets.append(masks)
-    return SegmentationRun(torch.cat(probabilities), torch.cat(targets), list(image_names))
+    return SegmentationRun(torch.cat(scores), torch.cat(targets), list(image_names))
 
 
 def load_images_and_masks(backbone: FrozenBackbone, images_dir: str | Path,
@@ -326,34 +383,71 @@ def load_images_and_masks(backbone: FrozenBackbone, images_dir: str | Path,
 
 
 ENTROPY_THRESHOLDS = tuple(float(t) for t in np.linspace(0.05, 0.95, 19))
+# Cosine thresholds are placed where they cut: at these fractions of the tuning pixels (ranked by
+# best cosine), so one grid fits any model's range of cosines.
+COSINE_QUANTILES = tuple(float(q) for q in np.linspace(0.05, 0.95, 19))
 
 
-def confusions_by_threshold(probabilities: torch.Tensor, targets: torch.Tensor, num_classes: int,
+def threshold_grid(run: SegmentationRun, background: str, max_pixels: int = 1_000_000
+                   ) -> tuple[float, ...]:
+    """The thresholds :func:`tune_background` tries for one rule: :data:`ENTROPY_THRESHOLDS` for
+    ``"entropy"``; for ``"cosine"`` the :data:`COSINE_QUANTILES` of the best class cosine over the
+    run's pixels (an evenly spaced subsample of at most ``max_pixels``)."""
+    if background == "entropy":
+        return ENTROPY_THRESHOLDS
+    if background != "cosine":
+        raise ValueError(f"only {THRESHOLD_RULES} have thresholds to tune, got {background!r}")
+    best = run.scores.float().amax(1).flatten()
+    best = best[::max(1, best.numel() // max_pixels)]
+    return tuple(float(t) for t in torch.quantile(best, torch.tensor(COSINE_QUANTILES)))
+
+
+def confusions_by_threshold(scores: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                            logit_scale: float, background: str = "entropy",
                             thresholds: Sequence[float] = ENTROPY_THRESHOLDS,
                             ignore_index: int = 255) -> torch.Tensor:
-    """``[B, K, H, W]`` class probabilities and ``[B, H, W]`` targets -> one confusion matrix per
-    entropy threshold, ``[len(thresholds), num_classes, num_classes]``. Sum them over batches (or
-    over images of different sizes) to score a whole set at every threshold in one pass."""
-    # Only the threshold changes: the argmax and the entropy are computed once.
-    best_class, entropy = probabilities.argmax(1), normalised_entropy(probabilities)
+    """``[B, K, H, W]`` class cosines and ``[B, H, W]`` targets -> one confusion matrix per
+    threshold of the ``background`` rule, ``[len(thresholds), num_classes, num_classes]``. Sum
+    them over batches (or over images of different sizes) to score a whole set at every
+    threshold in one pass."""
+    # Only the threshold changes: the best class and the rule's statistic are computed once.
+    best_class, statistic = background_statistic(scores, logit_scale, background)
     return torch.stack([
-        segmentation_confusion(entropy_masks(best_class, entropy, t), targets, num_classes,
-                               ignore_index)
+        segmentation_confusion(background_masks(best_class, statistic, background, t), targets,
+                               num_classes, ignore_index)
         for t in thresholds])
 
 
-def threshold_with_best_miou(confusions: torch.Tensor,
-                             thresholds: Sequence[float] = ENTROPY_THRESHOLDS) -> float:
-    """The threshold whose confusion matrix (from :func:`confusions_by_threshold`) has the
-    highest mIoU."""
+def threshold_with_best_miou(confusions: torch.Tensor, thresholds: Sequence[float]
+                             ) -> tuple[float, float]:
+    """(threshold, its mIoU) of the confusion matrix (from :func:`confusions_by_threshold`) with
+    the highest mIoU."""
     scores = [iou_from_confusion(confusion)["mIoU"] for confusion in confusions]
-    return float(thresholds[int(np.nanargmax(scores))])
+    best = int(np.nanargmax(scores))
+    return float(thresholds[best]), float(scores[best])
 
 
-def best_threshold(run: SegmentationRun, segmenter: Segmenter,
-                   thresholds: Sequence[float] = ENTROPY_THRESHOLDS) -> float:
-    """The entropy threshold with the highest mIoU on ``run`` (tune it on a validation split, then
-    report on the test split)."""
-    confusions = confusions_by_threshold(run.probabilities.float(), run.targets,
-                                         segmenter.num_classes, thresholds)
-    return threshold_with_best_miou(confusions, thresholds)
+@dataclass
+class BackgroundChoice:
+    """What :func:`tune_background` chose: a rule, its threshold, and the tuning mIoU of the best
+    threshold of every rule it tried (``dev_miou[rule]``)."""
+
+    background: str
+    threshold: float
+    dev_miou: dict[str, float]
+
+
+def tune_background(run: SegmentationRun, segmenter: Segmenter,
+                    rules: Sequence[str] = THRESHOLD_RULES) -> BackgroundChoice:
+    """Pick the background rule and threshold with the highest mIoU on ``run`` (tune on a
+    validation split, then report on the test split); every rule of ``rules`` tries its
+    :func:`threshold_grid`. Apply the choice with :meth:`Segmenter.use_background`."""
+    best: dict[str, tuple[float, float]] = {}
+    for rule in rules:
+        thresholds = threshold_grid(run, rule)
+        confusions = confusions_by_threshold(run.scores.float(), run.targets,
+                                             segmenter.num_classes, segmenter.logit_scale, rule,
+                                             thresholds)
+        best[rule] = threshold_with_best_miou(confusions, thresholds)
+    rule = max(best, key=lambda r: best[r][1])
+    return BackgroundChoice(rule, best[rule][0], {r: miou for r, (_, miou) in best.items()})
