@@ -7,11 +7,13 @@ cached features and texts (only the initialisation and the order of batches chan
 background rule and threshold on the dev images and scores the test split, background included and
 on object pixels only. The raw patches have no seed: they are scored once, tuned the same way.
 
-    .venv/bin/python bench/pacl_seeds.py [--run outputs/demo] [--seeds 0 1 2]
+    .venv/bin/python bench/pacl_seeds.py [--run outputs/demo] [--seeds 0 1 2] [--save]
         [--temperature 0.1 | --temperature none] [--pacl-epochs 4] [--with-captions]
 
-``--temperature``, ``--pacl-epochs`` and ``--with-captions`` (captions as training texts too) try
-variants of the recipe on the same CLIP; ``--with-captions`` builds a second feature cache.
+``--save`` keeps the summary in ``<run>/pacl_seeds.json``, where ``scripts/readme_results.py``
+finds it for the README (only for the demo's own recipe). ``--temperature``, ``--pacl-epochs``
+and ``--with-captions`` (captions as training texts too) try variants of the recipe on the same
+CLIP; ``--with-captions`` builds a second feature cache.
 
 Not a test: a measurement for the README and the issue notes.
 """
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pacl-epochs", type=int, default=None)
     parser.add_argument("--with-captions", action="store_true",
                         help="train on the captions as well as on the object phrases")
+    parser.add_argument("--save", action="store_true",
+                        help="write the summary to <run>/pacl_seeds.json (the demo's recipe only)")
     args = parser.parse_args(argv)
+    variant = (args.temperature, args.pacl_epochs, args.with_captions) != (None, None, False)
+    if args.save and variant:
+        parser.error("--save keeps the demo's own recipe only: drop the variant options")
 
     run = Path(args.run)
     saved = json.loads((run / "metrics.json").read_text())["config"]
@@ -81,14 +88,20 @@ def main(argv: list[str] | None = None) -> None:
             config, backbone, pacl, files, dev_items, test_items, methods=("pacl",)))["pacl"])
         print(summary_row(f"pacl {seed}", results[-1]))
 
-    for name, values, raw_value in (
-            ("all pixels", [r["mIoU"] for r in results], raw["mIoU"]),
-            ("objects only", [r["objects_only"]["mIoU"] for r in results],
+    summary = {"seeds": args.seeds}
+    for key, name, values, raw_value in (
+            ("mIoU", "all pixels", [r["mIoU"] for r in results], raw["mIoU"]),
+            ("objects_only_mIoU", "objects only", [r["objects_only"]["mIoU"] for r in results],
              raw["objects_only"]["mIoU"])):
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary[key] = {"values": values, "mean": statistics.mean(values), "std": spread,
+                        "raw": raw_value, "min_lead": min(values) - raw_value}
         print(f"PACL {name}: mean {statistics.mean(values):.3f} +- {spread:.3f} (std over "
               f"{len(values)} seeds), min {min(values):.3f}; raw {raw_value:.3f}; "
               f"smallest lead {min(values) - raw_value:+.3f}")
+    if args.save:
+        (run / "pacl_seeds.json").write_text(json.dumps(summary, indent=2))
+        print(f"wrote {run / 'pacl_seeds.json'}")
 
 
 if __name__ == "__main__":

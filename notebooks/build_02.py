@@ -398,7 +398,7 @@ temperatures = {"plain cosines": 1.0, "τ = 0.1": 0.1, "τ = 0.03": 0.03}
 fig, axes = plt.subplots(1, len(temperatures) + 1, figsize=(3.2 * (len(temperatures) + 1), 3.2))
 axes[0].imshow(load_image(files.images_dir / shown[0]))
 axes[0].set_title(f"image; text: {WORDS[0]!r}", fontsize=9)
-for ax, (label, tau) in zip(axes[1:], temperatures.items()):
+for ax, (label, tau) in zip(axes[1:], temperatures.items(), strict=True):
     weights = (similarity / tau).softmax(-1)
     ax.imshow(weights[0, 0].reshape(GRID).cpu(), cmap="magma")
     ax.set_title(f"{label}: {effective_patches(weights[0, 0]):.0f} of {num_patches} patches",
@@ -449,17 +449,17 @@ code("""
 vocabulary = SHAPES_VOCABULARY if DATASET == "synthetic" else FLICKR_VOCABULARY
 name, captions = train_items[0]
 for caption in captions:
-    print(f"{caption!r}\n    -> {extract_phrases(caption, vocabulary)}")
+    print(f"{caption!r}\\n    -> {extract_phrases(caption, vocabulary)}")
 
 rng = np.random.default_rng(SEED)
 pacl_items = [(name, training_texts(captions, vocabulary, rng=rng))
               for name, captions in train_items]
 name, texts = pacl_items[0]
-print(f"\n{name}: {len(texts)} training texts, each phrase in one template drawn at random")
+print(f"\\n{name}: {len(texts)} training texts, each phrase in one template drawn at random")
 for text in texts:
     print("   ", text)
 distinct = {text for _, texts in pacl_items for text in texts}
-print(f"\n{len(pacl_items)} images, {sum(len(t) for _, t in pacl_items)} (image, text) pairs, "
+print(f"\\n{len(pacl_items)} images, {sum(len(t) for _, t in pacl_items)} (image, text) pairs, "
       f"{len(distinct)} distinct texts")
 """)
 
@@ -709,9 +709,9 @@ def train_variant(items, temperature, key):
 recipes = {}
 if COMPARE_RECIPES:
     caption_items = [(name, [normalise_text(c) for c in captions]) for name, captions in train_items]
-    recipes = {"captions,\nplain cosines": train_variant(caption_items, None, "captions"),
-               "phrases,\nplain cosines": train_variant(pacl_items, None, "phrases"),
-               f"phrases,\nτ = {TEMPERATURE}": pacl}
+    recipes = {"captions,\\nplain cosines": train_variant(caption_items, None, "captions"),
+               "phrases,\\nplain cosines": train_variant(pacl_items, None, "phrases"),
+               f"phrases,\\nτ = {TEMPERATURE}": pacl}
     phrase_emb = word_vectors([f"{c} {s}" for c in COLOURS for s in SHAPES])
     recipe_scores = {}
     for label, model in recipes.items():
@@ -722,7 +722,7 @@ if COMPARE_RECIPES:
                                 for kind in ("shape, templated", "colour, templated")}
         recipe_scores[label]["pooled patches"] = effective_pooled_patches(model, phrase_emb)
     print(format_table(["recipe", "AUC shape", "AUC colour", "patches pooled"],
-                       [(label.replace("\n", " "), *row.values())
+                       [(label.replace("\\n", " "), *row.values())
                         for label, row in recipe_scores.items()]))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})

@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "notebooks"))
 sys.path.insert(0, str(REPO / "scripts"))
 
 draw_figures = importlib.import_module("draw_figures")
+readme_results = importlib.import_module("readme_results")
 COLAB_NOTEBOOKS = importlib.import_module("notebook_builder").COLAB_NOTEBOOKS
 
 # Markdown link or image targets, "[text](target)" or "[text](target "title")", and HTML src/href.
@@ -161,7 +162,8 @@ def demo_folder(tmp_path_factory):
     save_clip(out / "clip", model, tokenizer)
     save_pacl(out / "pacl", PACL(EMBED_DIM),
               meta={BACKBONE_KEY: CourseCLIPBackbone(model, tokenizer).cache_key})
-    methods = {"raw": {"threshold": 0.5}, "pacl": {"threshold": 0.7}}
+    methods = {"raw": {"background": "entropy", "threshold": 0.5},
+               "pacl": {"background": "cosine", "threshold": 0.1}}
     (out / "metrics.json").write_text(json.dumps({
         "config": {"data_root": str(data), "image_size": IMAGE_SIZE},
         "segmentation": {"methods": methods}}))
@@ -195,3 +197,58 @@ def test_heatmaps_compare_both_methods_on_images_with_several_shapes(demo_folder
     for label in labels:
         shapes = set(np.unique(load_mask(data / "masks" / label.split("\n")[1]))) - {0}
         assert len(shapes) >= 2
+
+
+# --------------------------------------------------------------------------------------------
+# The results block: written from a run's output
+# --------------------------------------------------------------------------------------------
+
+def test_readme_results_are_what_the_script_renders_from_the_committed_record():
+    record = json.loads(readme_results.RECORD.read_text())
+    assert readme_results.readme_block(README.read_text(encoding="utf-8")) == \
+        readme_results.render(record), (
+        "README.md's results block is not what scripts/readme_results.py writes from "
+        "Images/demo_results.json: run `.venv/bin/python scripts/readme_results.py` after "
+        "`make demo`, never edit the block by hand")
+    # The record is a full run's: the demo's test split and both methods.
+    assert record["num_test_images"] == 1000 and set(record["segmentation"]) == {"raw", "pacl"}
+
+
+def fake_run(folder: Path, with_seeds: bool) -> Path:
+    folder.mkdir()
+    result = {"background": "cosine", "threshold": 0.25, "mIoU": 0.4, "pixel_accuracy": 0.9,
+              "objects_only": {"mIoU": 0.6}}
+    (folder / "metrics.json").write_text(json.dumps({
+        "test": {f"{d}_R@{k}": 0.5 + k / 100 for d in ("text_to_image", "image_to_text")
+                 for k in (1, 5, 10)},
+        "num_test_images": 10, "num_test_captions": 50, "chance_text_to_image_R@1": 0.015,
+        "segmentation": {"methods": {"raw": {**result, "background": "entropy", "mIoU": 0.2},
+                                     "pacl": result}},
+        "total_seconds": 280.4,
+        "config": {"cnn_width": 48, "epochs": 20, "pacl_epochs": 4,
+                   "pacl_softmax_temperature": 0.1, "seed": 0, "data_root": "x"}}))
+    if with_seeds:
+        (folder / "pacl_seeds.json").write_text(json.dumps({
+            "seeds": [0, 1], "mIoU": {"mean": 0.41, "std": 0.01, "min_lead": 0.2},
+            "objects_only_mIoU": {"mean": 0.6, "std": 0.02, "min_lead": 0.18}}))
+    return folder
+
+
+@pytest.mark.parametrize("with_seeds", [False, True])
+def test_results_script_rewrites_only_the_block(tmp_path, with_seeds):
+    run = fake_run(tmp_path / "run", with_seeds)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{readme_results.BEGIN}\nstale 99.9\n"
+                      f"{readme_results.END}\nafter\n")
+    record = readme_results.write(run, readme, tmp_path / "record.json")
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith("after\n")
+    block = readme_results.readme_block(text)
+    assert "stale" not in block and block == readme_results.render(record)
+    assert json.loads((tmp_path / "record.json").read_text()) == record
+    assert "| text -> image | 51.0 | 55.0 | 60.0 |" in block
+    assert "| PACL on the same CLIP | cosine, threshold 0.25 | 40.0 | 60.0 |" in block
+    assert ("seeds [0, 1]" in block) == with_seeds
+    readme.write_text("no markers here")
+    with pytest.raises(ValueError, match="marker lines"):
+        readme_results.write(run, readme, tmp_path / "record.json")

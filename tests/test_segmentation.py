@@ -295,3 +295,31 @@ def test_confusions_by_threshold_match_masks_and_add_up_over_images(background):
     assert best == max(thresholds, key=lambda t: iou_from_confusion(
         confusions[thresholds.index(t)])["mIoU"])
     assert miou == pytest.approx(iou_from_confusion(confusions[thresholds.index(best)])["mIoU"])
+
+
+def test_tuning_pools_images_of_different_sizes(course_backbone):
+    # The two images of TARGETS as two runs, the second one twice as wide: the choice and its
+    # dev mIoU equal those of pooling every pixel in one run of the same pixels.
+    segmenter = Segmenter(course_backbone, ["a", "b"], method="raw", logit_scale=10.0)
+    scores = scores_for(TARGETS, (0.9, 0.1), (0.5, -0.5))
+    wide_scores, wide_targets = scores[1:].repeat(1, 1, 1, 2), TARGETS[1:].repeat(1, 1, 2)
+    runs = [SegmentationRun(scores[:1].half(), TARGETS[:1], ["x"]),
+            SegmentationRun(wide_scores.half(), wide_targets, ["y"])]
+    pooled = SegmentationRun(torch.cat([scores[:1], wide_scores[..., :4], wide_scores[..., 4:]])
+                             .half(), torch.cat([TARGETS[:1], wide_targets[..., :4],
+                                                 wide_targets[..., 4:]]), ["x", "y1", "y2"])
+    separate, together = tune_background(runs, segmenter), tune_background(pooled, segmenter)
+    assert separate == together
+    assert separate.background == "cosine" and separate.dev_miou["cosine"] == pytest.approx(1.0)
+
+
+def test_image_scores_are_the_cosines_behind_segment_image(course_backbone):
+    image = np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    segmenter = Segmenter(course_backbone, ["circle", "star"], method="raw", background="cosine",
+                          threshold=0.0)
+    scores = segmenter.image_scores(image, IMAGE_SIZE)
+    assert scores.shape == (1, 2, 30, 40)
+    probabilities, mask = segmenter.segment_image(image, IMAGE_SIZE)
+    np.testing.assert_allclose(probabilities, (segmenter.logit_scale * scores).softmax(1)[0],
+                               rtol=1e-5, atol=1e-6)
+    assert np.array_equal(mask, masks_from_scores(scores, 1.0, "cosine", 0.0)[0].numpy())

@@ -16,7 +16,7 @@ One idea per module:
 - ``pacl``          PACL: the compatibility function, the vision embedder, the loss
 - ``backbones``     frozen CLIPs (the course's, Hugging Face's) behind one interface for PACL
 - ``feature_cache`` the frozen backbone's outputs, computed once and kept on disk
-- ``prompts``       prompt templates and the object words PACL trains on
+- ``prompts``       prompt templates and the object phrases of captions PACL trains on
 - ``viz``           plots: curves, similarity matrices, retrieval galleries
 - ``viz_segmentation`` segmentation plots: overlays, heatmaps, methods side by side, worst cases
 - ``explorer``      the interactive segmentation explorer (ipywidgets 7 and 8)

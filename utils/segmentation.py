@@ -285,11 +285,16 @@ class Segmenter:
         segmenter's background rule and threshold."""
         return masks_from_scores(scores, self.logit_scale, self.background, self.threshold)
 
+    def image_scores(self, image: np.ndarray, image_size: int) -> torch.Tensor:
+        """One RGB image ``[H, W, 3]`` uint8 (any size) -> ``[1, K, H, W]`` class cosines at the
+        image's own size; the network sees it resized to ``image_size``."""
+        tensor = self.backbone.image_transform(image_size)(image=image)["image"][None]
+        return self.scores(tensor, size=image.shape[:2])
+
     def segment_image(self, image: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
         """One RGB image ``[H, W, 3]`` uint8 (any size) -> (class probabilities ``[K, H, W]``,
         mask ``[H, W]``) at the image's own size; the network sees it resized to ``image_size``."""
-        tensor = self.backbone.image_transform(image_size)(image=image)["image"][None]
-        scores = self.scores(tensor, size=image.shape[:2])
+        scores = self.image_scores(image, image_size)
         probabilities = (self.logit_scale * scores).softmax(1)
         return probabilities[0].cpu().numpy(), self.masks(scores)[0].cpu().numpy()
 
@@ -388,18 +393,22 @@ ENTROPY_THRESHOLDS = tuple(float(t) for t in np.linspace(0.05, 0.95, 19))
 COSINE_QUANTILES = tuple(float(q) for q in np.linspace(0.05, 0.95, 19))
 
 
-def threshold_grid(run: SegmentationRun, background: str, max_pixels: int = 1_000_000
-                   ) -> tuple[float, ...]:
+def threshold_grid(runs: SegmentationRun | Sequence[SegmentationRun], background: str,
+                   max_pixels: int = 1_000_000) -> tuple[float, ...]:
     """The thresholds :func:`tune_background` tries for one rule: :data:`ENTROPY_THRESHOLDS` for
     ``"entropy"``; for ``"cosine"`` the :data:`COSINE_QUANTILES` of the best class cosine over the
-    run's pixels (an evenly spaced subsample of at most ``max_pixels``)."""
+    pixels of ``runs`` (an evenly spaced subsample of at most ``max_pixels``)."""
     if background == "entropy":
         return ENTROPY_THRESHOLDS
     if background != "cosine":
         raise ValueError(f"only {THRESHOLD_RULES} have thresholds to tune, got {background!r}")
-    best = run.scores.float().amax(1).flatten()
+    best = torch.cat([run.scores.float().amax(1).flatten() for run in _as_list(runs)])
     best = best[::max(1, best.numel() // max_pixels)]
     return tuple(float(t) for t in torch.quantile(best, torch.tensor(COSINE_QUANTILES)))
+
+
+def _as_list(runs: SegmentationRun | Sequence[SegmentationRun]) -> list[SegmentationRun]:
+    return [runs] if isinstance(runs, SegmentationRun) else list(runs)
 
 
 def confusions_by_threshold(scores: torch.Tensor, targets: torch.Tensor, num_classes: int,
@@ -437,17 +446,20 @@ class BackgroundChoice:
     dev_miou: dict[str, float]
 
 
-def tune_background(run: SegmentationRun, segmenter: Segmenter,
+def tune_background(runs: SegmentationRun | Sequence[SegmentationRun], segmenter: Segmenter,
                     rules: Sequence[str] = THRESHOLD_RULES) -> BackgroundChoice:
-    """Pick the background rule and threshold with the highest mIoU on ``run`` (tune on a
+    """Pick the background rule and threshold with the highest mIoU on ``runs`` (tune on a
     validation split, then report on the test split); every rule of ``rules`` tries its
-    :func:`threshold_grid`. Apply the choice with :meth:`Segmenter.use_background`."""
+    :func:`threshold_grid`. Images of different sizes come as one run each; their pixel counts
+    are pooled. Apply the choice with :meth:`Segmenter.use_background`."""
+    runs = _as_list(runs)
     best: dict[str, tuple[float, float]] = {}
     for rule in rules:
-        thresholds = threshold_grid(run, rule)
-        confusions = confusions_by_threshold(run.scores.float(), run.targets,
-                                             segmenter.num_classes, segmenter.logit_scale, rule,
-                                             thresholds)
+        thresholds = threshold_grid(runs, rule)
+        confusions = sum(confusions_by_threshold(run.scores.float(), run.targets,
+                                                 segmenter.num_classes, segmenter.logit_scale,
+                                                 rule, thresholds)
+                         for run in runs)
         best[rule] = threshold_with_best_miou(confusions, thresholds)
     rule = max(best, key=lambda r: best[r][1])
     return BackgroundChoice(rule, best[rule][0], {r: miou for r, (_, miou) in best.items()})
