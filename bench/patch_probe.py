@@ -1,4 +1,4 @@
-"""What do the demo CLIP's patches know, and why does the entropy threshold fail on them?
+"""What do the demo CLIP's patches know, and which background rule can read them?
 
 Reads a finished demo run (``make demo`` -> ``outputs/demo/{clip,pacl}``) and the synthetic set,
 and prints, for raw CLIP patches and for PACL, on ``--images`` test images:
@@ -7,9 +7,9 @@ and prints, for raw CLIP patches and for PACL, on ``--images`` test images:
   shape (chance 0.2);
 - **mIoU, true background**: shapes from the argmax, background taken from the ground truth: an
   upper bound for *any* background rule on these scores;
-- **AUROC of two shape-vs-background rules**: "low class entropy means shape" (PACL's rule) and
-  "a high best-class cosine means shape". 0.5 is chance; below 0.5 the rule points the wrong way
-  (background pixels look *more* like a shape than shapes do).
+- **AUROC of two shape-vs-background rules**: "low class entropy means shape" (the entropy
+  rule) and "a high best-class cosine means shape" (the best-cosine rule). 0.5 is chance; below
+  0.5 the rule points the wrong way (background pixels look *more* like a shape than shapes do).
 
 Then the **supervised ceiling**: a linear and a one-hidden-layer probe trained with the masks
 (cell labels at the centre pixel of each grid cell) on ``--probe-images`` training images. PACL

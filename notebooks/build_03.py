@@ -233,7 +233,7 @@ colour scale, so they can be compared.
 
 code("""
 METHOD = "pacl" if pacl is not None else "raw"
-segmenter = Segmenter(backbone, CLASSES, method=METHOD, pacl=pacl)   # entropy background, 0.5
+segmenter = Segmenter(backbone, CLASSES, method=METHOD, pacl=pacl)   # its logit scale, below
 name = next(n for n in test_names if len(np.unique(load_mask(masks_dir / n))) >= 3)
 image, truth = load_image(files.images_dir / name), load_mask(masks_dir / name)
 
@@ -429,8 +429,8 @@ md("""
 At one end of each axis almost every pixel is background, at the other almost none is. In
 between, the curve of a rule that separates the background rises to a peak; a flat or falling
 curve means that the quantity the rule thresholds is about the same on the shapes and on the
-background. About 80 % of the synthetic pixels are background, so a cosine rule that separates
-well peaks near that share.
+background. About 80 % of the synthetic pixels are background, so a cosine rule that separated
+them perfectly would peak where it makes about that share background.
 
 Now a few test images, every method side by side with the ground truth (each title carries that
 image's own mIoU):

@@ -274,12 +274,6 @@ class Segmenter:
                              f"and {patches.shape[1]} patches")
         return upsample_scores(scores, (side, side), size or tuple(images.shape[-2:]))
 
-    def probabilities(self, images: torch.Tensor, size: tuple[int, int] | None = None
-                      ) -> torch.Tensor:
-        """``[B, 3, h, w]`` transformed images -> ``[B, K, H, W]`` class probabilities at ``size``
-        (default: the input size): the softmax over classes of the scaled :meth:`scores`."""
-        return (self.logit_scale * self.scores(images, size)).softmax(1)
-
     def masks(self, scores: torch.Tensor) -> torch.Tensor:
         """``[B, K, H, W]`` class cosines (:meth:`scores`) -> ``[B, H, W]`` masks with this
         segmenter's background rule and threshold."""
