@@ -750,17 +750,18 @@ What to look for, from left to right:
 
 - **Captions, plain cosines.** The pooling is close to an average of all patches (right panel:
   nearly every patch counts), so the loss asks each patch for a summary of the whole caption.
-  The maps then localise the concepts that are cheap to summarise (colours) and miss the ones
-  that are not (shapes).
+  Expect maps that localise little or nothing: AUCs near 0.5, or below it where the background
+  has learnt to carry the summary.
 - **Phrases, plain cosines.** The texts now name one region, so "which patches match?" has an
-  answer; the softmax is still nearly flat, which limits how much that answer can shape training.
-- **Phrases, τ = 0.1.** The pooling concentrates on fewer patches, and the patches that match a
-  phrase are pulled towards it while the rest are not.
+  answer, and this is the change that moves the maps most: expect the AUCs to jump. The softmax
+  is still nearly flat.
+- **Phrases, τ = 0.1.** The pooling concentrates on far fewer patches, and the maps gain a little
+  more. The larger gain shows in notebook 03: there a mask has to decide, pixel by pixel, whether
+  any class matches at all, and a PACL trained with a sharper softmax answers that better (the
+  README's results compare the recipes on segmentation).
 
-If the last bar pair is not the best on your run (FAST mode trains for a few dozen steps), run
-the notebook in full: on the course's CLIP trained in full, the course's recipe is the one that
-turns the patch maps into something notebook 03 can segment with. The README's results compare
-the same recipes on segmentation (`make demo`) over several seeds.
+In FAST mode the models train for a few dozen steps and the bars can come out in any order; run
+the notebook in full to see the comparison on the course's CLIP trained in full.
 """)
 
 # ================================================================================================
@@ -771,7 +772,8 @@ PACL's compatibility is also an image-text score, so it can do what CLIP does: z
 classification and retrieval. We compare three scores on the test split:
 
 - **CLIP**: the cosine of CLIP's own image vector with the text (notebook 01's score);
-- **compatibility, frozen patches**: PACL's function on the untrained (identity) embedder;
+- **compatibility, frozen patches**: PACL's function (with its temperature) on the untrained
+  (identity) embedder;
 - **PACL**: the compatibility with the trained embedder.
 
 Zero-shot classification asks, for the test images with exactly one shape, "which shape?" (5
@@ -791,10 +793,12 @@ def clip_image_embeddings(items):
 
 @torch.no_grad()
 def compatibilities(embed, names, text_emb, chunk=50):
-    # [images, texts] PACL compatibilities, a chunk of images at a time (bounded memory).
+    # [images, texts] PACL compatibilities with the temperature PACL trained with, a chunk of
+    # images at a time (bounded memory).
     rows = [index_of[n] for n in names]
     text_emb = text_emb.to(DEVICE).float()
-    return torch.cat([pacl_compatibility(embed(test_patches[rows[i:i + chunk]]), text_emb).cpu()
+    return torch.cat([pacl_compatibility(embed(test_patches[rows[i:i + chunk]]), text_emb,
+                                         pacl.softmax_temperature).cpu()
                       for i in range(0, len(rows), chunk)])
 
 

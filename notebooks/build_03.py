@@ -489,9 +489,10 @@ print(format_table([f"background rule ({METHOD})", "test mIoU, all pixels"],
 
 md("""
 Offline, the prompts' words ("plain", "empty", "nothing") never occur in the synthetic captions,
-so the course's text encoder has nothing to say about them, and the background class tends to win
-at the wrong pixels. On Colab, with OpenAI's CLIP, such words carry meaning: compare the rows
-there.
+so the course's text encoder knows them only as unfamiliar tokens: whatever the prompt row finds,
+it cannot come from the meaning of "background". A threshold tuned on dev
+images needs no such words. On Colab, with OpenAI's CLIP, the words carry meaning: compare the
+rows there.
 """)
 
 # ================================================================================================
