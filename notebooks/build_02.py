@@ -871,16 +871,18 @@ How to read it:
 - **Right, image level.** Three scores of the same images against the same texts. CLIP's own
   image vector is what CLIP was trained for, so expect it to lead at retrieval. The compatibility
   on frozen patches is what PACL starts from: if its maps are near copies of each other (section
-  2), it hardly tells captions apart. Training the embedder should recover part of that gap. (The
-  paper, with OpenAI's far larger backbone, reports that PACL's score even improves zero-shot
-  classification over CLIP's on most of twelve datasets.)
+  2), it hardly tells captions apart. (The paper, with OpenAI's far larger backbone and training
+  on captions, reports that PACL's score even improves zero-shot classification over CLIP's
+  across twelve datasets.)
 - **Zero-shot** shows what the backbone knows: no head trained on frozen features adds a concept
   the backbone does not encode, so where CLIP is near chance, PACL will be too.
 
 PACL does not aim to replace CLIP's image-level score: it adds a patch-level one. On the course's
-CLIP trained in full, expect the trained embedder to come close to CLIP at zero-shot
-classification, and to recover part, not all, of CLIP's retrieval: PACL was trained on short
-object phrases, and retrieval queries are whole captions.
+CLIP trained in full, expect the trained embedder to match CLIP at zero-shot classification,
+whose prompts are the templated words it trained on, and to stay far behind CLIP at retrieval:
+this PACL only ever saw short object phrases, and retrieval queries are whole captions with
+positions and relations. That is the price of section 4's choice of texts; training on the
+captions as well (`with_captions=True`) would serve retrieval better and segmentation worse.
 """)
 
 # ================================================================================================
