@@ -881,8 +881,9 @@ PACL does not aim to replace CLIP's image-level score: it adds a patch-level one
 CLIP trained in full, expect the trained embedder to match CLIP at zero-shot classification,
 whose prompts are the templated words it trained on, and to stay far behind CLIP at retrieval:
 this PACL only ever saw short object phrases, and retrieval queries are whole captions with
-positions and relations. That is the price of section 4's choice of texts; training on the
-captions as well (`with_captions=True`) would serve retrieval better and segmentation worse.
+positions and relations. That is the price of section 4's choice of texts. Training on the
+captions as well (`with_captions=True`) is the trade to try; on the course's CLIP it cost
+segmentation quality.
 """)
 
 # ================================================================================================
