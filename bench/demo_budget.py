@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-BARS = {"wall_seconds": 300.0, "peak_rss_gb": 3.0, "text_to_image_R@1": 0.60,
-        "text_to_image_R@5": 0.90, "pacl_mIoU": 0.50, "pacl_minus_raw_mIoU": 0.20}
+BARS = {"wall_seconds": 300.0, "peak_rss_gb": 3.0, "text_to_image_R@1": 0.65,
+        "text_to_image_R@5": 0.94, "pacl_mIoU": 0.33, "pacl_minus_raw_mIoU": 0.12,
+        "pacl_objects_only_mIoU": 0.47, "pacl_minus_raw_objects_only_mIoU": 0.15}
 AT_MOST = ("wall_seconds", "peak_rss_gb")
 
 
@@ -42,17 +43,22 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     metrics = json.loads((Path(args.out) / "metrics.json").read_text())
     methods = metrics["segmentation"]["methods"]
+    raw, pacl = methods["raw"], methods["pacl"]
     measured = {"wall_seconds": wall, "peak_rss_gb": peak_gb, **metrics["test"],
-                "raw_mIoU": methods["raw"]["mIoU"], "pacl_mIoU": methods["pacl"]["mIoU"],
-                "pacl_minus_raw_mIoU": methods["pacl"]["mIoU"] - methods["raw"]["mIoU"]}
-    print(f"\n{'figure':<24}{'measured':>10}{'bar':>10}  verdict")
+                "raw_mIoU": raw["mIoU"], "pacl_mIoU": pacl["mIoU"],
+                "pacl_minus_raw_mIoU": pacl["mIoU"] - raw["mIoU"],
+                "raw_objects_only_mIoU": raw["objects_only"]["mIoU"],
+                "pacl_objects_only_mIoU": pacl["objects_only"]["mIoU"],
+                "pacl_minus_raw_objects_only_mIoU": (pacl["objects_only"]["mIoU"]
+                                                     - raw["objects_only"]["mIoU"])}
+    print(f"\n{'figure':<34}{'measured':>10}{'bar':>10}  verdict")
     for name, value in measured.items():
         bar = BARS.get(name)
         if bar is None:
-            print(f"{name:<24}{value:>10.3f}")
+            print(f"{name:<34}{value:>10.3f}")
             continue
         ok = value <= bar if name in AT_MOST else value >= bar
-        print(f"{name:<24}{value:>10.3f}{bar:>10.2f}  {'meets' if ok else 'MISSES'}")
+        print(f"{name:<34}{value:>10.3f}{bar:>10.2f}  {'meets' if ok else 'MISSES'}")
 
 
 if __name__ == "__main__":
