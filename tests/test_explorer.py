@@ -70,6 +70,9 @@ def test_prompt_parsing_and_class_choice() -> None:
     assert parse_prompts(" red circle, sky ,,tree ") == ["red circle", "sky", "tree"]
     assert parse_prompts("  ") == []
     assert chosen_classes(("red", "blue"), "blue, green") == ["red", "blue", "green"]
+    # One text to the model, whatever the case and the spaces: the first spelling is kept.
+    assert chosen_classes(("Red", "blue"), "red, BLUE ,  green  sky, green sky") == [
+        "Red", "blue", "green  sky"]
 
 
 def test_controls_redraw_with_the_chosen_values() -> None:

@@ -323,3 +323,28 @@ def test_image_scores_are_the_cosines_behind_segment_image(course_backbone):
     np.testing.assert_allclose(probabilities, (segmenter.logit_scale * scores).softmax(1)[0],
                                rtol=1e-5, atol=1e-6)
     assert np.array_equal(mask, masks_from_scores(scores, 1.0, "cosine", 0.0)[0].numpy())
+
+
+@pytest.mark.parametrize("names, message", [
+    (["circle", ""], "no letter or digit"),
+    (["circle", "   "], "no letter or digit"),
+    (["circle", "\u200b"], "no letter or digit"),            # a zero-width space only
+    (["circle", "star", "Circle"], "same text to the model"),
+    (["red  circle", "red circle"], "same text to the model"),
+    ("circle", "non-empty list"),
+    ([], "non-empty list"),
+])
+def test_segmenter_refuses_class_names_that_would_go_silently_wrong(course_backbone, names,
+                                                                    message):
+    with pytest.raises(ValueError, match=message):
+        Segmenter(course_backbone, names, method="raw")
+    with pytest.raises(ValueError, match=message):
+        class_embeddings(course_backbone, names)
+
+
+def test_tuning_on_images_without_labelled_pixels_says_so(course_backbone):
+    segmenter = Segmenter(course_backbone, ["a", "b"], method="raw")
+    ignored = torch.full_like(TARGETS, 255)
+    run = SegmentationRun(scores_for(TARGETS, (0.9, 0.1), (0.3, 0.3)).half(), ignored, ["x", "y"])
+    with pytest.raises(ValueError, match="every target pixel is the ignore index"):
+        tune_background(run, segmenter)

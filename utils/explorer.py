@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from utils.notebook import show
+from utils.prompts import normalise_text
 from utils.viz_segmentation import class_palette, legend_handles, overlay_mask
 
 SegmentFn = Callable[[np.ndarray, list[str], float], tuple[np.ndarray, np.ndarray]]
@@ -37,8 +38,12 @@ def parse_prompts(text: str) -> list[str]:
 
 
 def chosen_classes(selected: Sequence[str], prompts: str) -> list[str]:
-    """The classes to segment: those ticked in the list, then the typed ones, each name once."""
-    return list(dict.fromkeys([*selected, *parse_prompts(prompts)]))
+    """The classes to segment: those ticked in the list, then the typed ones, each name once
+    (names that differ only in case or spaces are one text to the model: the first is kept)."""
+    names: dict[str, str] = {}
+    for name in [*selected, *parse_prompts(prompts)]:
+        names.setdefault(normalise_text(name), name)
+    return list(names.values())
 
 
 def explorer_figure(image: np.ndarray, scores: np.ndarray, mask: np.ndarray,

@@ -52,7 +52,7 @@ from utils.backbones import FrozenBackbone, HFCLIPBackbone
 from utils.data import load_image
 from utils.metrics import iou_from_confusion, segmentation_confusion
 from utils.pacl import PACL, patch_text_similarity
-from utils.prompts import PROMPT_TEMPLATES, format_prompt
+from utils.prompts import PROMPT_TEMPLATES, format_prompt, normalise_text
 
 METHODS = ("raw", "maskclip", "pacl")
 BACKGROUND_MODES = ("entropy", "cosine", "prompt")
@@ -65,6 +65,28 @@ BACKGROUND_PROMPTS = ("a plain background", "an empty background", "a photo of n
 # Class embeddings and patch embeddings
 # --------------------------------------------------------------------------------------------
 
+def checked_class_names(class_names: Sequence[str]) -> list[str]:
+    """``class_names`` as a list, after refusing what would silently go wrong: a bare string, an
+    empty list, a name without a letter or digit (it would leave the bare prompt template, "a
+    photo of a "), and two names that are one text to the model (case and spaces aside: the
+    second could never win the argmax)."""
+    if isinstance(class_names, str) or not class_names:
+        raise ValueError("class_names must be a non-empty list of names, e.g. ['circle', 'star']")
+    names = list(class_names)
+    blank = [name for name in names
+             if not isinstance(name, str) or not any(ch.isalnum() for ch in name)]
+    if blank:
+        raise ValueError(f"class names {blank!r} have no letter or digit: each would be scored as "
+                         "the bare prompt template. Remove them or give them a word.")
+    first: dict[str, str] = {}
+    for name in names:
+        same = first.setdefault(normalise_text(name), name)
+        if same is not name:
+            raise ValueError(f"class names {same!r} and {name!r} are the same text to the model "
+                             "(case and spaces aside): keep one of them")
+    return names
+
+
 @torch.no_grad()
 def class_embeddings(backbone: FrozenBackbone, class_names: Sequence[str],
                      templates: Sequence[str] = PROMPT_TEMPLATES) -> torch.Tensor:
@@ -73,8 +95,7 @@ def class_embeddings(backbone: FrozenBackbone, class_names: Sequence[str],
     Every name is put into every template ("a photo of a {}"), each prompt is embedded and
     normalised, the ``T`` embeddings of a class are averaged and the mean is normalised again.
     """
-    if isinstance(class_names, str) or not class_names:
-        raise ValueError("class_names must be a non-empty list of names, e.g. ['circle', 'star']")
+    class_names = checked_class_names(class_names)
     prompts = [format_prompt(template, name) for name in class_names for template in templates]
     emb = backbone.text_embeddings(prompts).view(len(class_names), len(templates), -1)
     return _ensemble(emb)
@@ -232,7 +253,7 @@ class Segmenter:
         if self.logit_scale is None:
             self.logit_scale = (float(self.pacl.logit_scale.detach()) if self.method == "pacl"
                                 else self.backbone.logit_scale)
-        self.class_names = list(self.class_names)
+        self.class_names = checked_class_names(self.class_names)
 
     @property
     def num_classes(self) -> int:
@@ -426,6 +447,10 @@ def threshold_with_best_miou(confusions: torch.Tensor, thresholds: Sequence[floa
     """(threshold, its mIoU) of the confusion matrix (from :func:`confusions_by_threshold`) with
     the highest mIoU."""
     scores = [iou_from_confusion(confusion)["mIoU"] for confusion in confusions]
+    if all(math.isnan(score) for score in scores):
+        raise ValueError("no pixel to score a threshold on: every target pixel is the ignore "
+                         "index (or no image was given). Tune on images whose masks label "
+                         "their pixels.")
     best = int(np.nanargmax(scores))
     return float(thresholds[best]), float(scores[best])
 
