@@ -102,6 +102,7 @@ from utils.pacl import (
     pacl_compatibility,
     pacl_parameter_groups,
     patch_text_similarity,
+    patch_weights,
 )
 from utils.pacl_io import load_pacl, save_pacl
 from utils.prompts import (
@@ -687,13 +688,11 @@ code("""
 @torch.no_grad()
 def effective_pooled_patches(model, text_emb):
     # Mean effective number of patches in PACL's softmax, over test images and texts.
-    weights = []
-    for start in range(0, len(test_patches), 100):
-        similarity = patch_text_similarity(model.embed_patches(frozen(test_patches[start:start + 100])),
-                                           model.embed_texts(text_emb.to(DEVICE).float()))
-        weights.append(effective_patches((similarity / (model.softmax_temperature or 1.0))
-                                         .softmax(-1)).cpu())
-    return torch.cat(weights).mean().item()
+    texts = model.embed_texts(text_emb.to(DEVICE).float())
+    counts = [effective_patches(patch_weights(model.embed_patches(frozen(test_patches[i:i + 100])),
+                                              texts, model.softmax_temperature)).cpu()
+              for i in range(0, len(test_patches), 100)]
+    return torch.cat(counts).mean().item()
 
 
 def train_variant(items, temperature, key):

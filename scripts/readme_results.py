@@ -33,7 +33,7 @@ def record_from_run(run: Path) -> dict:
         raise SystemExit(f"{run}/metrics.json has no segmentation results (a --clip-only run?): "
                          "run `make demo` in full")
     record = {
-        "retrieval": {key: value for key, value in metrics["test"].items()},
+        "retrieval": dict(metrics["test"]),
         "num_test_images": metrics["num_test_images"],
         "num_test_captions": metrics["num_test_captions"],
         "chance_text_to_image_R@1": metrics["chance_text_to_image_R@1"],

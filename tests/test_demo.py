@@ -141,12 +141,17 @@ def test_command_line_draws_the_dataset_that_run_demo_expects(tmp_path, monkeypa
     assert len(load_split(locate_dataset(root), "train")) == 12
 
 
-def _patch_probe():
-    return _bench_script("patch_probe")
+def _bench_script(name: str):
+    """A script of ``bench/`` as a module (``bench/`` is a folder of scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_patch_probe_auroc_on_hand_computed_cases():
-    auroc = _patch_probe().auroc
+    auroc = _bench_script("patch_probe").auroc
     labels = torch.tensor([False, False, True, True])
     assert auroc(torch.tensor([0.1, 0.2, 0.3, 0.4]), labels) == 1.0         # perfectly separated
     assert auroc(torch.tensor([0.4, 0.3, 0.2, 0.1]), labels) == 0.0         # perfectly inverted
@@ -156,23 +161,14 @@ def test_patch_probe_auroc_on_hand_computed_cases():
 
 def test_patch_probe_reads_a_finished_demo(fast_run, capsys):
     config, _ = fast_run
-    _patch_probe().main(["--run", config.out_dir, "--data", config.data_root, "--images", "20",
-                         "--probe-images", "40"])
+    _bench_script("patch_probe").main(["--run", config.out_dir, "--data", config.data_root,
+                                       "--images", "20", "--probe-images", "40"])
     out = capsys.readouterr().out
     rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()
             if line.startswith(("shape accuracy", "mIoU, true", "AUROC"))}
     assert len(rows) == 4
     assert all(len(v) == 2 and all(0.0 <= float(x) <= 1.0 for x in v) for v in rows.values())
     assert "linear" in out and "MLP" in out
-
-
-def _bench_script(name: str):
-    """A script of ``bench/`` as a module (``bench/`` is a folder of scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_pacl_seeds_bench_reads_a_finished_demo(fast_run, capsys):

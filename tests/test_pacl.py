@@ -20,6 +20,7 @@ from utils.pacl import (
     pacl_loss,
     pacl_parameter_groups,
     patch_text_similarity,
+    patch_weights,
 )
 
 
@@ -70,6 +71,19 @@ def test_temperature_option_matches_the_loop_and_sharpens_towards_the_best_patch
     with pytest.raises(ValueError, match="temperature"):
         pacl_compatibility(patch_emb, text_emb, temperature=0.0)
 
+
+
+def test_patch_weights_are_a_softmax_over_the_patches_of_the_scaled_cosines():
+    patch_emb, text_emb = random_inputs(seed=3)
+    cosines = patch_text_similarity(patch_emb, text_emb)                      # [B, T, P]
+    for temperature, divisor in ((None, 1.0), (0.1, 0.1)):
+        weights = patch_weights(patch_emb, text_emb, temperature)
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))
+        # By hand: exp(cos / tau), normalised over the patches.
+        by_hand = (cosines / divisor).exp()
+        torch.testing.assert_close(weights, by_hand / by_hand.sum(-1, keepdim=True))
+    with pytest.raises(ValueError, match="temperature"):
+        patch_weights(patch_emb, text_emb, temperature=-1.0)
 
 def test_compatibility_invariances():
     patch_emb, text_emb = random_inputs(seed=2)

@@ -48,6 +48,19 @@ def patch_text_similarity(patch_emb: torch.Tensor, text_emb: torch.Tensor) -> to
     return torch.einsum("bpd,td->btp", F.normalize(patch_emb, dim=-1), F.normalize(text_emb, dim=-1))
 
 
+def patch_weights(patch_emb: torch.Tensor, text_emb: torch.Tensor,
+                  temperature: float | None = None) -> torch.Tensor:
+    """PACL Eq. 2's weights ``a``: ``[B, P, D], [T, D] -> [B, T, P]``, for every image and text
+    the softmax over the ``P`` patches of their cosines with the text, each divided by
+    ``temperature`` first (None: the cosines as they are). Each ``[b, t]`` row sums to 1."""
+    similarity = patch_text_similarity(patch_emb, text_emb)                  # [B, T, P]
+    if temperature is not None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive (or None), got {temperature}")
+        similarity = similarity / temperature
+    return similarity.softmax(dim=-1)
+
+
 def pacl_compatibility(patch_emb: torch.Tensor, text_emb: torch.Tensor,
                        temperature: float | None = None) -> torch.Tensor:
     """PACL's compatibility of every image with every text (PACL Eq. 2-3).
@@ -67,12 +80,7 @@ def pacl_compatibility(patch_emb: torch.Tensor, text_emb: torch.Tensor,
     einsum ``bpd,td->btp`` gives all cosines, the softmax runs over ``P``, and a second einsum
     ``btp,bpd->btd`` forms the weighted sums; the largest tensor is ``[B, T, D]``.
     """
-    similarity = patch_text_similarity(patch_emb, text_emb)                  # [B, T, P]
-    if temperature is not None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive (or None), got {temperature}")
-        similarity = similarity / temperature
-    weights = similarity.softmax(dim=-1)                                      # sums to 1 over P
+    weights = patch_weights(patch_emb, text_emb, temperature)                 # [B, T, P]
     pooled = torch.einsum("btp,bpd->btd", weights, patch_emb)                 # [B, T, D]
     return torch.einsum("btd,td->bt", F.normalize(pooled, dim=-1), F.normalize(text_emb, dim=-1))
 
