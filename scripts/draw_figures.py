@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the course 
 
 import torch  # noqa: E402
 
+from utils.atomic import atomic_file  # noqa: E402
 from utils.backbones import CourseCLIPBackbone  # noqa: E402
 from utils.data import DatasetFiles, load_image, load_split, locate_dataset  # noqa: E402
 from utils.models import load_clip  # noqa: E402
@@ -419,11 +419,11 @@ def render(name: str, out_dir: Path, dpi: int = 130) -> Path:
     spec.draw(ax)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    # No "Software" entry: the PNG then only depends on what is drawn, not on the library version.
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white", metadata={"Software": None})
+    with atomic_file(path) as tmp:
+        # No "Software" entry: the PNG then only depends on what is drawn, not on the version.
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white",
+                    metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -526,10 +526,9 @@ def write_demo_figures(demo_dir: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for source, target in DEMO_FIGURES.items():
-        path, tmp = out_dir / target, out_dir / f".{target}.tmp-{os.getpid()}"
-        shutil.copyfile(demo_dir / source, tmp)
-        os.replace(tmp, path)                  # atomic: never a half-copied PNG in Images/
-        written.append(path)
+        with atomic_file(out_dir / target) as tmp:   # never a half-copied PNG in Images/
+            shutil.copyfile(demo_dir / source, tmp)
+        written.append(out_dir / target)
     fig = plot_pacl_vs_clip(demo_dir, metrics)
     written.append(save_figure(fig, out_dir / HEATMAPS_FIGURE))
     return written

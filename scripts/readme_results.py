@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from utils.atomic import write_text_atomic  # noqa: E402
+
 README = REPO_ROOT / "README.md"
 RECORD = REPO_ROOT / "Images" / "demo_results.json"
 BEGIN = "<!-- demo results: written by scripts/readme_results.py from Images/demo_results.json -->"
@@ -107,14 +111,12 @@ def readme_block(text: str) -> str:
 def write(run: Path, readme: Path = README, record_path: Path = RECORD) -> dict:
     """Record the run's figures and rewrite the README's block; returns the record."""
     record = record_from_run(run)
-    tmp = record_path.with_name(f".{record_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, record_path)
+    write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
     old = readme.read_text(encoding="utf-8")
     readme_block(old)                                     # the markers must be there
     before, rest = old.split(BEGIN, 1)
     after = rest.split(END, 1)[1]
-    readme.write_text(f"{before}{BEGIN}\n{render(record)}\n{END}{after}", encoding="utf-8")
+    write_text_atomic(readme, f"{before}{BEGIN}\n{render(record)}\n{END}{after}")
     return record
 
 

@@ -156,6 +156,24 @@ def test_token_line_without_tab(tmp_path):
         read_captions(path)
 
 
+@pytest.mark.parametrize("line", ["a.jpg#0\tA dog, running .", "a.jpg\tA dog, running .",
+                                  '"a.jpg\tA dog",running .'])
+def test_kaggle_line_whose_fields_a_tab_separates(tmp_path, line):
+    # A token-file line pasted into the CSV: without the check, the image name would swallow the
+    # caption up to its first comma.
+    path = _write_lines(tmp_path / "captions.txt", "image,caption", "b.jpg,A cat .", line)
+    with _raises_naming(path, 3, match="holds a TAB.*comma between the two"):
+        read_captions(path)
+
+
+@pytest.mark.parametrize("repeat", ["a.jpg#1\tThe same key again .", "a.jpg#01\tAs #01 ."])
+def test_token_file_with_a_repeated_key(tmp_path, repeat):
+    path = _write_lines(tmp_path / "t.txt", "a.jpg#0\tFirst .", "a.jpg#1\tSecond .",
+                        "b.jpg#1\tOther image, same k .", repeat)
+    with _raises_naming(path, 4, match="'a.jpg#1' was already used on line 2"):
+        read_captions(path)
+
+
 @pytest.mark.parametrize("key", ["a.jpg", "a.jpg#x", "a.jpg#", "#0"])
 def test_token_line_with_bad_caption_number(tmp_path, key):
     path = _write_lines(tmp_path / "t.txt", "a.jpg#0\tA dog .", f"{key}\tA dog again .")

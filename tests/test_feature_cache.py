@@ -3,12 +3,14 @@ batches, and training PACL's embedder from it."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip
 
 from utils.backbones import CourseCLIPBackbone
@@ -114,6 +116,29 @@ def test_cache_is_reused_and_invalidated(tokenizer, shapes, tmp_path):
     assert len(folders) == 4
     assert not np.array_equal(other_weights.patch_emb, first.patch_emb)
     assert cache_folders(tmp_path) == sorted(f.name for f in folders)
+
+
+def test_cache_follows_the_images_pixels(tokenizer, shapes, tmp_path):
+    """Same names, same captions, other pixels (a regenerated or edited set): a new cache."""
+    images_dir, items = shapes
+    copy = tmp_path / "images"
+    shutil.copytree(images_dir, copy)
+    backbone = CourseCLIPBackbone(course_clip(tokenizer), tokenizer)
+    first = build(backbone, (copy, items), tmp_path / "cache")
+    edited = items[3][0]
+    Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (0, 0, 0)).save(copy / edited)
+    second = build(backbone, (copy, items), tmp_path / "cache")
+    assert second.folder != first.folder
+    assert not np.array_equal(second.patch_emb[3], first.patch_emb[3])
+    np.testing.assert_array_equal(second.patch_emb[0], first.patch_emb[0])
+
+
+def test_a_cut_short_cache_says_which_folder_to_delete(tokenizer, shapes, tmp_path):
+    cache = build(CourseCLIPBackbone(course_clip(tokenizer), tokenizer), shapes, tmp_path)
+    patches = cache.folder / "patch_emb.npy"
+    patches.write_bytes(patches.read_bytes()[:-64])
+    with pytest.raises(ValueError, match=f"{cache.folder} is damaged.*delete the folder"):
+        FeatureCache.load(cache.folder)
 
 
 def test_a_damaged_cache_is_rebuilt(tokenizer, shapes, tmp_path):

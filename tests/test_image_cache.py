@@ -219,6 +219,40 @@ def test_array_cache_is_reused_and_rebuilt_for_another_size(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_array_cache_follows_the_images_bytes_not_their_folder(
+    images_dir: Path, tmp_path: Path
+) -> None:
+    names = ["landscape.jpg", "portrait.jpg"]
+    array_path = cache_image_array(images_dir, names, tmp_path / "pixels.npy", 16, progress=False)
+    before = np.load(array_path).copy()
+    first_mtime = array_path.stat().st_mtime_ns
+    # The same bytes in another folder: the array is still right, nothing to rebuild.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in names:
+        (moved / name).write_bytes((images_dir / name).read_bytes())
+    cache_image_array(moved, names, array_path, 16, progress=False)
+    assert array_path.stat().st_mtime_ns == first_mtime
+    # Same names, other pixels (a regenerated dataset): rebuilt.
+    Image.new("RGB", (300, 200), (255, 0, 0)).save(moved / "portrait.jpg")
+    cache_image_array(moved, names, array_path, 16, progress=False)
+    after = np.load(array_path)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert after[1].mean(axis=(0, 1)).round().tolist() == [254, 0, 0]
+
+
+def test_a_truncated_array_is_rebuilt_and_never_read(images_dir: Path, tmp_path: Path) -> None:
+    names = ["landscape.jpg", "portrait.jpg", "small.jpg"]
+    array_path = cache_image_array(images_dir, names, tmp_path / "pixels.npy", 16, progress=False)
+    whole = array_path.read_bytes()
+    array_path.write_bytes(whole[: len(whole) - 100])      # a disk that filled up, a cut copy
+    with pytest.raises(ValueError, match=f"{array_path} is damaged.*cache_image_array again"):
+        ArrayImageCaptionDataset(array_path, _items(names), build_transform(16, False))
+    cache_image_array(images_dir, names, array_path, 16, progress=False)
+    assert array_path.read_bytes() == whole
+    ArrayImageCaptionDataset(array_path, _items(names), build_transform(16, False))[2]
+
+
 def test_array_dataset_refuses_names_it_does_not_hold(images_dir: Path, tmp_path: Path) -> None:
     array_path = cache_image_array(
         images_dir, ["small.jpg"], tmp_path / "pixels.npy", 16, progress=False

@@ -228,3 +228,54 @@ def test_save_and_load_clip_round_trip(tmp_path):
                                model.encode_text(text["input_ids"], text["attention_mask"]))
     with pytest.raises(FileNotFoundError, match="train and save a CLIP first"):
         load_clip(tmp_path / "missing")
+
+
+@pytest.fixture
+def saved_clip(tmp_path):
+    from utils.models import save_clip
+    from utils.tokenization import train_wordpiece_tokenizer
+
+    tokenizer = train_wordpiece_tokenizer(["a red circle", "a blue square"] * 5, vocab_size=60)
+    model = CLIP(CLIPConfig(vocab_size=len(tokenizer), image_size=32, embed_dim=16))
+    return save_clip(tmp_path / "clip", model, tokenizer)
+
+
+def _edit_json(path, **changes):
+    import json
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "model.safetensors").write_bytes(
+            (f / "model.safetensors").read_bytes()[:1000]),
+         "model.safetensors: the weights cannot be read"),
+        (lambda f: (f / "model.safetensors").write_bytes(b"garbage"),
+         "model.safetensors: the weights cannot be read"),
+        (lambda f: _edit_json(f / "clip_config.json", embed_dim=8),
+         "model.safetensors: the weights cannot be read or do not fit this CLIP"),
+        (lambda f: _edit_json(f / "clip_config.json", colour="red"),
+         "clip_config.json is not a config this code can build from.*colour"),
+        (lambda f: _edit_json(f / "clip_config.json", image_encoder="resnet9"),
+         "clip_config.json is not a config this code can build from.*resnet9"),
+        (lambda f: (f / "clip_config.json").write_text("[1, 2]"),
+         "clip_config.json: expected a JSON object"),
+    ],
+)
+def test_load_clip_on_a_damaged_folder_names_the_file_and_what_to_do(saved_clip, damage, message):
+    from utils.models import load_clip
+
+    damage(saved_clip)
+    with pytest.raises(ValueError, match=f"(?s){saved_clip}/{message}.*notebook 01 or `make demo`"):
+        load_clip(saved_clip)
+
+
+def test_token_ids_the_text_encoder_cannot_look_up_are_refused_with_what_to_do():
+    encoder = TextEncoder(vocab_size=50, max_length=8)
+    ones = torch.ones(2, 9, dtype=torch.long)
+    with pytest.raises(ValueError, match="length 9.*8 positions.*truncation=True, max_length=8"):
+        encoder(ones, ones)
+    with pytest.raises(ValueError, match="outside 0..49.*another tokenizer"):
+        encoder(torch.full((2, 4), 50), torch.ones(2, 4, dtype=torch.long))
+    encoder(torch.full((2, 8), 49), torch.ones(2, 8, dtype=torch.long))   # the limits themselves

@@ -115,6 +115,39 @@ def test_checkpoints_are_complete_and_safe(tmp_path):
     assert_same_weights(model, fresh)
 
 
+def _cut_short(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "names"),
+    [
+        (lambda c: _cut_short(c / "model.safetensors"), "model.safetensors.*cannot be read"),
+        (lambda c: _cut_short(c / "state.pt"), "state.pt cannot be read"),
+        (lambda c: (c / "state.pt").unlink(), "state.pt is missing"),
+        (lambda c: (c / "history.json").write_text("{cut"), "history.json cannot be read as JSON"),
+        (lambda c: (c / "history.json").write_text('{"steps": [], "extra": 1}'),
+         "history.json is not a config"),
+        (lambda c: torch.save({"epoch": 2}, c / "state.pt"), "state.pt holds no 'optimizer'"),
+    ],
+)
+def test_resuming_from_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, damage, names):
+    train(epochs=2, checkpoint_dir=tmp_path)
+    damage(tmp_path / "epoch_0002")
+    with pytest.raises(OSError if "missing" in names else ValueError,
+                       match=f"(?s){tmp_path / 'epoch_0002'}/{names}.*resume=False"):
+        train(epochs=3, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_resuming_with_a_checkpoint_of_another_model_names_the_file(tmp_path):
+    train(epochs=1, checkpoint_dir=tmp_path)
+    other = CLIP(CLIPConfig(vocab_size=20, image_size=16, embed_dim=12))
+    with pytest.raises(ValueError, match="model.safetensors: the weights cannot be read or do "
+                                         "not fit this CLIP.*size mismatch"):
+        train(epochs=2, checkpoint_dir=tmp_path, resume=True, model=other)
+
+
 def test_amp_is_off_on_cpu_even_when_asked():
     dtypes = []
 

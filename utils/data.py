@@ -116,10 +116,18 @@ def read_captions(path: PathLike) -> dict[str, list[str]]:
             "(Flickr8k.token.txt). Add the header line or download the file again."
         )
     captions: dict[str, list[str]] = {}
+    line_of_key: dict[str, int] = {}    # token file: where each `name#k` was first seen
     for number, line in numbered:
-        if line.strip():
-            image, caption = parse_line(line, path, number)
-            captions.setdefault(image, []).append(caption)
+        if not line.strip():
+            continue
+        image, key, caption = parse_line(line, path, number)
+        if key is not None and line_of_key.setdefault(key, number) != number:
+            raise DatasetFormatError(
+                f"{path}:{number}: the key {key!r} was already used on line {line_of_key[key]}: "
+                "each caption of an image needs its own number k. Delete the repeated line or "
+                "renumber it, or download the file again."
+            )
+        captions.setdefault(image, []).append(caption)
     return captions
 
 
@@ -149,8 +157,11 @@ def _looks_like_token_line(line: str) -> bool:
     return "\t" in line or bool(_TOKEN_KEY.match(first_word))
 
 
-def _parse_kaggle_line(line: str, path: Path, number: int) -> tuple[str, str]:
-    """``a.jpg,A dog , running`` -> (``a.jpg``, ``A dog , running``); CSV quotes are undone."""
+def _parse_kaggle_line(line: str, path: Path, number: int) -> tuple[str, None, str]:
+    """``a.jpg,A dog , running`` -> (``a.jpg``, None, ``A dog , running``); CSV quotes undone.
+
+    The middle item is the line's key, which only token files have.
+    """
     image, comma, caption = line.partition(",")
     image = _unquote_csv(image.strip())
     if not comma or not image:
@@ -159,7 +170,15 @@ def _parse_kaggle_line(line: str, path: Path, number: int) -> tuple[str, str]:
             "image file name, a comma, the caption). Fix or delete the line, or download the "
             "file again."
         )
-    return image, _checked_caption(_unquote_csv(caption.strip()), image, path, number)
+    if any(character.isspace() and character != " " for character in image):
+        # Most often a token-file line (`name#k<TAB>caption`) pasted into the CSV: the name
+        # would swallow the caption's start, and the caption would lose it.
+        raise DatasetFormatError(
+            f"{path}:{number}: the image name {_shorten(image)} holds a TAB or line break. A "
+            "captions.txt line is `image,caption` with a comma between the two; a TAB separates "
+            "them only in Flickr8k.token.txt. Fix the line."
+        )
+    return image, None, _checked_caption(_unquote_csv(caption.strip()), image, path, number)
 
 
 def _unquote_csv(field: str) -> str:
@@ -171,8 +190,8 @@ def _unquote_csv(field: str) -> str:
     return quoted["body"].replace('""', '"').strip() if quoted else field
 
 
-def _parse_token_line(line: str, path: Path, number: int) -> tuple[str, str]:
-    """``a.jpg#0<TAB>A dog .`` -> (``a.jpg``, ``A dog .``)."""
+def _parse_token_line(line: str, path: Path, number: int) -> tuple[str, str, str]:
+    """``a.jpg#0<TAB>A dog .`` -> (``a.jpg``, ``a.jpg#0``, ``A dog .``)."""
     key, tab, caption = line.partition("\t")
     if not tab:
         raise DatasetFormatError(
@@ -187,7 +206,8 @@ def _parse_token_line(line: str, path: Path, number: int) -> tuple[str, str]:
             "the line, or download the file again."
         )
     image = match["image"].strip()
-    return image, _checked_caption(caption.strip(), image, path, number)
+    return image, f"{image}#{int(match['k'])}", _checked_caption(caption.strip(), image, path,
+                                                                  number)
 
 
 def _checked_caption(caption: str, image: str, path: Path, number: int) -> str:

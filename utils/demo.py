@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from utils.atomic import write_text_atomic
 from utils.backbones import CourseCLIPBackbone
 from utils.data import (
     CaptionCollator,
@@ -231,8 +232,8 @@ def run_demo(config: DemoConfig) -> dict:
         metrics["segmentation"] = evaluate_segmentation(config, backbone, pacl, files, dev_items,
                                                         test_items, out_dir)
     metrics["total_seconds"] = time.perf_counter() - started
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out_dir / "history.json").write_text(json.dumps(history.to_dict()))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(out_dir / "history.json", json.dumps(history.to_dict()))
     return metrics
 
 

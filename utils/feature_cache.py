@@ -3,7 +3,7 @@
 Both CLIP encoders are frozen in PACL, so an image's patch embeddings and a prompt's text
 embedding are the same in every epoch. :func:`cache_features` computes them once (patches as a
 float16 ``.npy`` memory map, texts as float16) under a folder keyed by the backbone's weights, the
-dataset, the image size and the texts; :func:`pacl_feature_loader` then feeds them to
+dataset, the image size, the texts and the image files' bytes; :func:`pacl_feature_loader` then feeds them to
 :func:`utils.pacl.pacl_batch_loss` through :func:`utils.train.fit`.
 """
 
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from utils.atomic import atomic_folder
 from utils.backbones import FrozenBackbone
 from utils.data import ImageCaptionDataset
-from utils.image_cache import ArrayImageCaptionDataset
+from utils.image_cache import ArrayImageCaptionDataset, images_fingerprint
 
 CACHE_FORMAT = 1
 PATCHES_FILE = "patch_emb.npy"
@@ -64,15 +64,17 @@ class FeatureCache:
         if not (folder / MANIFEST_FILE).is_file():
             raise FileNotFoundError(f"{folder} holds no {MANIFEST_FILE}: not a PACL feature cache "
                                     "(build one with utils.feature_cache.cache_features)")
-        manifest = json.loads((folder / MANIFEST_FILE).read_text())
-        cache = cls(folder, manifest["image_names"], manifest["texts"], manifest["image_text_ids"],
-                    np.load(folder / PATCHES_FILE, mmap_mode="r"),
-                    np.load(folder / TEXTS_FILE, mmap_mode="r"),
-                    tuple(manifest["grid_shape"]), manifest["key"])
+        try:
+            manifest = json.loads((folder / MANIFEST_FILE).read_text())
+            cache = cls(folder, manifest["image_names"], manifest["texts"],
+                        manifest["image_text_ids"], np.load(folder / PATCHES_FILE, mmap_mode="r"),
+                        np.load(folder / TEXTS_FILE, mmap_mode="r"),
+                        tuple(manifest["grid_shape"]), manifest["key"])
+        except (OSError, ValueError, EOFError, KeyError, TypeError) as error:
+            raise _damaged(folder, str(error)) from error
         if (cache.patch_emb.shape[0] != len(cache.image_names)
                 or cache.text_emb.shape[0] != len(cache.texts)):
-            raise ValueError(f"{folder}: the arrays do not match {MANIFEST_FILE}; delete the "
-                             "folder and build the cache again")
+            raise _damaged(folder, f"the arrays do not match {MANIFEST_FILE}")
         return cache
 
     def __len__(self) -> int:
@@ -105,8 +107,9 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
 
     Returns:
         The :class:`FeatureCache`. It lives in ``cache_dir/<dataset_key>_<size>px_<hash>/``, the
-        hash covering ``backbone.cache_key``, ``dataset_key``, ``image_size`` and the items, so a
-        different model, dataset, size or text set never reuses a stale cache, and a second call
+        hash covering ``backbone.cache_key``, ``dataset_key``, ``image_size``, the items and the
+        image files' bytes (:func:`utils.image_cache.images_fingerprint`), so a different model,
+        dataset, size, text set or edited image never reuses a stale cache, and a second call
         with the same inputs reuses it without touching the backbone. The folder is built under a
         temporary name and renamed into place: it is either complete or absent.
     """
@@ -115,7 +118,8 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
         raise ValueError("dataset_key must be a non-empty string naming the image set, "
                          "e.g. 'flickr8k-train'")
     key = {"format": CACHE_FORMAT, "backbone": backbone.cache_key, "dataset": dataset_key,
-           "image_size": image_size, "items": _digest(items)}
+           "image_size": image_size, "items": _digest(items),
+           "images": images_fingerprint(images_dir, [name for name, _ in items])}
     cache_dir = Path(cache_dir)
     folder = cache_dir / f"{_slug(dataset_key)}_{image_size}px_{_digest(key)[:16]}"
     cached = _load_if_valid(folder, key)
@@ -133,6 +137,11 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
                     "grid_shape": list(backbone.grid_shape(image_size))}
         (building / MANIFEST_FILE).write_text(json.dumps(manifest))
     return FeatureCache.load(folder)
+
+
+def _damaged(folder: Path, why: str) -> ValueError:
+    return ValueError(f"{folder} is damaged ({why}); delete the folder: cache_features builds it "
+                      "again")
 
 
 def _checked_items(items: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, list[str]]]:

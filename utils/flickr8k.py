@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
+from utils.atomic import atomic_file, write_text_atomic
 from utils.download import MACOS_METADATA, download_file, extract_zip_atomic, open_zip
 
 FLICKR8K_BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
@@ -149,12 +149,7 @@ def _check_official_layout(root: Path, base_url: str) -> None:
 
 
 def _write_json_atomic(path: Path, payload: object) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        temp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,13 +273,12 @@ def _link_atomic(link: Path, target: Path) -> None:
             f"{link} exists and is not a symlink; use_kaggle_copy will not replace it. Pass "
             "another root folder."
         )
-    temp = link.with_name(f".{link.name}.link-{uuid.uuid4().hex[:8]}")
-    try:
-        temp.symlink_to(target, target_is_directory=target.is_dir())
-    except OSError as error:
-        raise OSError(
-            f"Could not create the symlink {link} -> {target} ({error}). On Windows enable "
-            "Developer Mode (symlinks need it), or copy the Kaggle folder's Images/ and "
-            f"captions.txt into {link.parent} yourself."
-        ) from error
-    os.replace(temp, link)
+    with atomic_file(link) as temp:
+        try:
+            temp.symlink_to(target, target_is_directory=target.is_dir())
+        except OSError as error:
+            raise OSError(
+                f"Could not create the symlink {link} -> {target} ({error}). On Windows enable "
+                "Developer Mode (symlinks need it), or copy the Kaggle folder's Images/ and "
+                f"captions.txt into {link.parent} yourself."
+            ) from error

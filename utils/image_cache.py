@@ -18,9 +18,9 @@ GPU waiting. Two caches, both built once and atomically:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,6 +30,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from tqdm.auto import tqdm
 
+from .atomic import atomic_file, write_text_atomic
 from .data import ImageCaptionDataset, load_image
 
 MANIFEST_NAME = "cache_manifest.json"
@@ -124,7 +125,7 @@ def _read_json(path: Path) -> dict[str, object] | None:
 
 
 def _write_json(path: Path, content: dict[str, object]) -> None:
-    _write_atomic(path, lambda temp: temp.write_text(json.dumps(content), encoding="utf-8"))
+    write_text_atomic(path, json.dumps(content))
 
 
 def _resize_job(job: tuple[Path, Path, int]) -> None:
@@ -132,7 +133,8 @@ def _resize_job(job: tuple[Path, Path, int]) -> None:
     source, target, short_side = job
     image = _load_resized(source, short_side)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(target, lambda temp: image.save(temp, format="JPEG", quality=JPEG_QUALITY))
+    with atomic_file(target) as temp:
+        image.save(temp, format="JPEG", quality=JPEG_QUALITY)
 
 
 def _load_resized(path: Path, short_side: int) -> Image.Image:
@@ -181,16 +183,6 @@ def _converts_plainly(image: Image.Image) -> bool:
     return image.mode in ("RGB", "L", "1", "CMYK", "YCbCr")
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temp_path)`` on a temp sibling of ``path``, then rename it to ``path``."""
-    temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Fixed-size array cache
 # --------------------------------------------------------------------------------------------
@@ -211,8 +203,9 @@ def cache_image_array(
     of ``utils.data.build_transform(S, ...)``, so :class:`ArrayImageCaptionDataset` gives the same
     tensors as ``ImageCaptionDataset`` on the originals. The array is written to a temp file and
     renamed; a sidecar ``<array_path stem>.json`` written last records the row order, the size
-    and the source folder. A later call with the same settings and names returns at once; any
-    other call rebuilds the array.
+    and :func:`images_fingerprint` of the files. A later call with the same size, names and file
+    contents returns at once if the array is whole; any other call (edited images, a cut-short
+    array) rebuilds it.
 
     Returns:
         ``array_path`` as a Path, to pass to :class:`ArrayImageCaptionDataset`.
@@ -221,16 +214,45 @@ def cache_image_array(
     if image_size < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
     names = list(dict.fromkeys(names))
-    manifest = {"image_size": image_size, "source": str(source), "names": names}
+    # Keyed by the files' bytes, not their folder: regenerated or edited images with the same
+    # names must not reuse an old array, and a moved folder need not rebuild it.
+    manifest = {"image_size": image_size, "names": names,
+                "fingerprint": images_fingerprint(source, names)}
     sidecar = _array_manifest_path(array_path)
-    if array_path.is_file() and _read_json(sidecar) == manifest:
+    if _read_json(sidecar) == manifest and _array_shape(array_path) == (len(names), image_size):
         return array_path
     array_path.parent.mkdir(parents=True, exist_ok=True)
     # The array is about to change: a sidecar must never describe an array it does not match.
     sidecar.unlink(missing_ok=True)
-    _write_atomic(array_path, lambda temp: _fill_array(temp, source, names, image_size, progress))
+    with atomic_file(array_path) as temp:
+        _fill_array(temp, source, names, image_size, progress)
     _write_json(sidecar, manifest)
     return array_path
+
+
+def images_fingerprint(images_dir: str | os.PathLike[str], names: Sequence[str]) -> str:
+    """SHA-256 over ``names`` and each named file's bytes, in order: what a cache of these images
+    depends on. Reading the files costs about a second per gigabyte; decoding them costs far more.
+    """
+    digest = hashlib.sha256()
+    for name in names:
+        with open(Path(images_dir) / name, "rb") as file:
+            file_digest = hashlib.file_digest(file, "sha256").digest()
+        digest.update(name.encode("utf-8") + b"\0" + file_digest)
+    return digest.hexdigest()
+
+
+def _array_shape(array_path: Path) -> tuple[int, int] | None:
+    """``(rows, side)`` of a complete ``[N, S, S, 3]`` uint8 array file; None when the file is
+    missing, truncated or of another shape (numpy checks the length against the header)."""
+    try:
+        pixels = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return None
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3 \
+            or pixels.shape[1] != pixels.shape[2]:
+        return None
+    return pixels.shape[0], pixels.shape[1]
 
 
 def _array_manifest_path(array_path: Path) -> Path:
@@ -302,6 +324,14 @@ def _rows_of(array_path: Path, names: list[str]) -> list[int]:
         raise FileNotFoundError(
             f"{array_path} (with {sidecar.name}) is not a complete image array; build it with "
             "utils.image_cache.cache_image_array."
+        )
+    shape = _array_shape(array_path)
+    if shape is None or shape[0] != len(manifest["names"]) \
+            or shape[1] != manifest.get("image_size"):
+        raise ValueError(
+            f"{array_path} is damaged: it does not hold the {len(manifest['names'])} images "
+            f"that {sidecar.name} lists (cut short or replaced). Call "
+            "utils.image_cache.cache_image_array again with the same arguments: it rebuilds it."
         )
     row_of = {name: row for row, name in enumerate(manifest["names"])}
     missing = [name for name in names if name not in row_of]

@@ -20,15 +20,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
 from utils.atomic import atomic_folder
+from utils.saved_files import SavedFileError, build_from_config, load_weights, read_json_object
 
 IMAGE_ENCODERS = ("tiny_cnn", "tiny_vit", "resnet50", "vit_b_16")
 TEXT_ENCODERS = ("tiny_distilbert", "distilbert")
 DISTILBERT_NAME = "distilbert-base-uncased"
+RETRAIN_CLIP = "Train and save the CLIP again (notebook 01 or `make demo`)."
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,6 +275,7 @@ class TextEncoder(nn.Module):
         for less work: with captions of 3 to 36 tokens, 3 groups halve the text side's time
         (`bench/clip_step_time.py`).
         """
+        self._check_token_ids(input_ids)
         lengths = attention_mask.sum(dim=1)
         order = lengths.argsort()
         states = []
@@ -282,6 +285,21 @@ class TextEncoder(nn.Module):
                                       attention_mask=attention_mask[group, :longest])
             states.append(hidden.last_hidden_state[:, 0])
         return torch.cat(states)[order.argsort()]     # back to the batch's own order
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        """Refuse ids the embedding tables cannot look up: torch would fail with a bare
+        "index out of range in self" deep inside DistilBERT."""
+        config = self.transformer.config
+        if input_ids.shape[1] > config.max_position_embeddings:
+            raise ValueError(
+                f"token ids of length {input_ids.shape[1]}, but this text encoder has "
+                f"{config.max_position_embeddings} positions: tokenize with truncation=True, "
+                f"max_length={config.max_position_embeddings}.")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+            raise ValueError(
+                f"token ids outside 0..{config.vocab_size - 1}, this text encoder's vocabulary: "
+                "the captions were tokenized with another tokenizer than the one it was built "
+                "for. Use the tokenizer saved with the model.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,15 +429,21 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu"):
     the saved ones, so no download happens even for a model that started from pretrained weights.
     """
     folder = Path(folder)
-    if not (folder / "clip_config.json").exists():
+    config_path = folder / "clip_config.json"
+    if not config_path.exists():
         raise FileNotFoundError(f"{folder} holds no clip_config.json: train and save a CLIP first "
                                 f"(notebook 01 or `make demo`)")
-    config = CLIPConfig(**json.loads((folder / "clip_config.json").read_text()))
+    config = build_from_config(config_path, read_json_object(config_path, RETRAIN_CLIP),
+                               CLIPConfig, RETRAIN_CLIP)
     saved_pretrained, config.pretrained = config.pretrained, False
     if saved_pretrained and config.vocab_size is None:
         config.vocab_size = DistilBertConfig().vocab_size
-    model = CLIP(config)
+    model = build_from_config(config_path, {"config": config}, CLIP, RETRAIN_CLIP)
     model.config.pretrained = saved_pretrained
-    load_model(model, str(folder / "model.safetensors"), device=str(device))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    load_weights(model, folder / "model.safetensors", RETRAIN_CLIP, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise SavedFileError(f"{folder}: its tokenizer files cannot be read ({error}). "
+                             f"{RETRAIN_CLIP}") from error
     return model.to(device).eval(), tokenizer

@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
 from utils.atomic import atomic_folder
 from utils.pacl import PACL
+from utils.saved_files import build_from_config, load_weights, read_json_object
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "pacl_config.json"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 BACKBONE_KEY = "backbone_key"
+RETRAIN = "Train and save the PACL again with notebook 02."
 
 
 def pacl_config(pacl: PACL) -> dict[str, Any]:
@@ -91,33 +93,18 @@ def load_pacl(folder: str | Path, device: str | torch.device = "cpu",
         raise FileNotFoundError(
             f"{folder} holds no {CONFIG_FILE}: no trained PACL here. Run notebook 02 "
             "(02_pacl_patch_alignment.ipynb) first; it saves one to <outputs>/02_pacl/.")
-    config = _read_json(config_path)
+    config = read_json_object(config_path, RETRAIN)
     meta_path = folder / META_FILE
-    meta = _read_json(meta_path) if meta_path.is_file() else {}
+    meta = read_json_object(meta_path, RETRAIN) if meta_path.is_file() else {}
 
-    version = config.get("format_version")
+    version = config.pop("format_version", None)
     if version != FORMAT_VERSION:
         raise ValueError(f"{config_path}: format_version {version!r}, this code reads "
-                         f"{FORMAT_VERSION}. Train and save the PACL again with notebook 02.")
-    try:
-        pacl = PACL(config["embed_dim"], hidden_dim=config["hidden_dim"],
-                    text_embedder=config["text_embedder"],
-                    softmax_temperature=config["softmax_temperature"],
-                    max_logit_scale=config["max_logit_scale"], identity_init=False)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{config_path}: not a valid PACL config ({error!r}). Train and save "
-                         "the PACL again with notebook 02.") from error
-
-    weights_path = folder / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} is missing: the folder is incomplete. Train and "
-                                "save the PACL again with notebook 02.")
-    try:
-        load_model(pacl, str(weights_path), device=str(device))
-    except Exception as error:  # safetensors raises several kinds for bad or mismatched files
-        raise ValueError(f"{weights_path}: the weights cannot be read or do not fit "
-                         f"{CONFIG_FILE} ({error}). Train and save the PACL again with "
-                         "notebook 02.") from error
+                         f"{FORMAT_VERSION}. {RETRAIN}")
+    # identity_init=False: the saved weights replace the initialisation anyway.
+    pacl = build_from_config(config_path, config,
+                             lambda **fields: PACL(identity_init=False, **fields), RETRAIN)
+    load_weights(pacl, folder / WEIGHTS_FILE, RETRAIN, device)
 
     if backbone is not None and BACKBONE_KEY in meta and backbone.cache_key != meta[BACKBONE_KEY]:
         raise ValueError(
@@ -125,15 +112,3 @@ def load_pacl(folder: str | Path, device: str | torch.device = "cpu",
             f"{meta[BACKBONE_KEY]!r}, given {backbone.cache_key!r}). Its embedder only makes "
             "sense on the backbone it was trained with: re-run notebook 02 after notebook 01.")
     return pacl.to(device).eval(), meta
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot be read as JSON ({error}). Train and save the PACL "
-                         "again with notebook 02.") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}. Train and "
-                         "save the PACL again with notebook 02.")
-    return value

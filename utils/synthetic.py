@@ -19,9 +19,6 @@ import functools
 import json
 import multiprocessing
 import os
-import secrets
-import shutil
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -34,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
+
+from utils.atomic import atomic_folder
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 # Saturated colours far apart in hue, and far from the low-saturation backgrounds.
@@ -667,23 +666,6 @@ def _write_text_files(
     (folder / "objects.json").write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
 
 
-def _move_into_place(built: Path, root: Path) -> None:
-    """Make ``built`` become ``root`` by renames only; an older ``root`` is moved aside first and
-    deleted afterwards (renaming onto a non-empty folder is not possible)."""
-    if not root.exists():
-        os.replace(built, root)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    os.replace(root, trash / root.name)
-    try:
-        os.replace(built, root)
-    except OSError:
-        os.replace(trash / root.name, root)  # put the old dataset back
-        shutil.rmtree(trash, ignore_errors=True)
-        raise
-    shutil.rmtree(trash)
-
-
 def generate_captioned_shapes(
     root: str | os.PathLike[str],
     *,
@@ -708,11 +690,7 @@ def generate_captioned_shapes(
     arguments = _arguments(num_train, num_dev, num_test, image_size, seed)
     root = Path(root).expanduser()
     _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir (not mkdtemp) so the folder gets the user's usual permissions once it becomes root.
-    building = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    building.mkdir()
-    try:
+    with atomic_folder(root) as building:
         splits = _split_names(arguments)
         names = [name for split in SPLIT_FILES for name in splits[split]]
         rows, objects = _write_images(building, names, arguments, workers, progress)
@@ -720,10 +698,6 @@ def generate_captioned_shapes(
         # The marker is written last: its presence certifies that everything else is there.
         marker = json.dumps(_marker(arguments), indent=2) + "\n"
         (building / MARKER_FILE).write_text(marker, encoding="utf-8")
-        _move_into_place(building, root)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return root
 
 

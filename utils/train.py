@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -30,10 +30,19 @@ from utils.distributed import (
     rank,
 )
 from utils.losses import clip_loss
+from utils.saved_files import (
+    SavedFileError,
+    build_from_config,
+    load_tensor_state,
+    load_weights,
+    read_json_object,
+)
 
 RANK_SEED_STRIDE = 1_000_003   # far apart from seed + epoch, so no two (rank, epoch) pairs collide
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 EvalFn = Callable[[nn.Module], dict]
+RESTART = ("Delete that checkpoint folder to resume from an earlier one, or train from the start "
+           "with resume=False.")
 
 
 @dataclass
@@ -249,15 +258,29 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
                     scaler=None) -> tuple[int, History]:
     """Restore what :func:`save_checkpoint` wrote; returns (epochs done, history)."""
     path = Path(path)
-    if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"{path} holds no model.safetensors: not a checkpoint folder")
-    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder. {RESTART}")
+    load_weights(model, path / "model.safetensors", RESTART,
+                 device=next(model.parameters()).device)
     # Saved by rank 0 from cuda:0, the state would land on cuda:0 in every process. Read to the
-    # CPU instead: the optimiser moves its moments next to their parameters itself.
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
-        if obj is not None:
+    # CPU instead (load_tensor_state does): the optimiser moves its moments next to their
+    # parameters itself.
+    state_path = path / "state.pt"
+    state = load_tensor_state(state_path, RESTART)
+    history_path = path / "history.json"
+    history = build_from_config(history_path, read_json_object(history_path, RESTART), History,
+                                RESTART)
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler"),
+                     (None, "epoch")):
+        if key not in state:
+            raise SavedFileError(f"{state_path} holds no {key!r}: not written by "
+                                 f"save_checkpoint. {RESTART}")
+        if obj is None:
+            continue
+        try:
             obj.load_state_dict(state[key])
-    history = History(**json.loads((path / "history.json").read_text()))
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise SavedFileError(f"{state_path}: the {key} state does not fit this training run "
+                                 f"({error}). {RESTART}") from error
     return state["epoch"], history
 
