@@ -296,6 +296,23 @@ def test_load_split_with_an_image_that_has_no_captions(tmp_path):
         load_split(files, "train")
 
 
+def test_read_split_with_a_name_listed_twice(tmp_path):
+    path = _write_lines(tmp_path / "split.txt", "a.jpg", "b.jpg", "", " a.jpg")
+    with _raises_naming(path, 4, match="'a.jpg' is listed again \\(first on line 1\\)"):
+        read_split(path, ["a.jpg", "b.jpg"])
+
+
+def test_load_split_refuses_splits_that_share_images(tmp_path):
+    files = locate_dataset(_make_kaggle(tmp_path))
+    test_names = files.split_files["test"].read_text().split()
+    with files.split_files["dev"].open("a") as dev:
+        dev.write(f"{test_names[0]}\n")                   # a test image leaked into dev
+    for split in ("dev", "test"):
+        with pytest.raises(DatasetFormatError, match=f"both list 1 image.*{test_names[0]!r}"):
+            load_split(files, split)
+    assert load_split(files, "train")                    # the train split shares nothing
+
+
 def test_load_split_rejects_an_unknown_split_name(tmp_path):
     with pytest.raises(ValueError, match="'validation'"):
         load_split(locate_dataset(_make_kaggle(tmp_path)), "validation")

@@ -252,3 +252,16 @@ def test_results_script_rewrites_only_the_block(tmp_path, with_seeds):
     readme.write_text("no markers here")
     with pytest.raises(ValueError, match="marker lines"):
         readme_results.write(run, readme, tmp_path / "record.json")
+
+
+def test_every_message_the_readme_explains_is_one_the_package_can_raise():
+    """The "When something goes wrong" table quotes phrases of real messages: each must still be
+    in the package's source, so the table cannot drift from the code."""
+    section = README.read_text(encoding="utf-8").split("## When something goes wrong", 1)[1]
+    table = section.split("\n\n")[2]
+    phrases = [phrase for row in table.splitlines()[2:]
+               for phrase in re.findall(r"`([^`]+)`", row.split(" | ")[0])]
+    assert len(phrases) >= 15
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (REPO / "utils").glob("*.py"))
+    missing = [phrase for phrase in phrases if phrase not in source]
+    assert not missing, f"README quotes messages the package no longer has: {missing}"

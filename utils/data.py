@@ -233,19 +233,25 @@ def read_split(path: PathLike, known_images: Collection[str]) -> list[str]:
     """Image names listed in a split file, in file order (blank lines ignored).
 
     Raises :class:`DatasetFormatError` naming the file, the line of the first unknown name and
-    the first few names if the file lists images that are not in ``known_images``.
+    the first few names if the file lists images that are not in ``known_images``, and the lines
+    of a name listed twice (it would weigh double in training and in every metric).
     """
     path = Path(path)
     known = set(known_images)
-    names: list[str] = []
+    line_of: dict[str, int] = {}
     unknown: list[tuple[int, str]] = []
     for number, line in enumerate(_read_text_lines(path, "split file"), start=1):
         name = line.strip()
         if not name:
             continue
-        names.append(name)
+        if line_of.setdefault(name, number) != number:
+            raise DatasetFormatError(
+                f"{path}:{number}: {name!r} is listed again (first on line {line_of[name]}). "
+                "Delete the repeated line, or download the split files again."
+            )
         if name not in known:
             unknown.append((number, name))
+    names = list(line_of)
     if unknown:
         raise DatasetFormatError(
             f"{path}:{unknown[0][0]}: names {len(unknown)} image(s) that are not in the dataset, "
@@ -423,6 +429,7 @@ def load_split(files: DatasetFiles, split: str) -> list[tuple[str, list[str]]]:
     captions = read_captions(files.captions_file)
     image_files = _image_file_names(files.images_dir)
     names = read_split(split_file, known_images=captions.keys() | image_files)
+    _check_disjoint(files, split, names)
     without_file = [name for name in names if name not in image_files]
     if without_file:
         raise DatasetFormatError(
@@ -438,6 +445,22 @@ def load_split(files: DatasetFiles, split: str) -> list[tuple[str, list[str]]]:
             "the caption file again, or remove these images from the split file."
         )
     return [(name, captions[name]) for name in names]
+
+
+def _check_disjoint(files: DatasetFiles, split: str, names: list[str]) -> None:
+    """Refuse a split that shares images with another: a test image seen in training would make
+    every test result look better than it is, with nothing to show it."""
+    for other, other_file in files.split_files.items():
+        if other == split or not other_file.is_file():
+            continue
+        shared_lines = _read_text_lines(other_file, "split file")
+        shared = sorted(set(names) & {line.strip() for line in shared_lines})
+        if shared:
+            raise DatasetFormatError(
+                f"{files.split_files[split]} and {other_file} both list {len(shared)} image(s), "
+                f"first: {_first_names(shared)}. Each image belongs to one split: download the "
+                "split files again, or remove the images from one of them."
+            )
 
 
 def _image_file_names(images_dir: Path) -> set[str]:
