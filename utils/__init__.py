@@ -20,6 +20,8 @@ One idea per module:
 - ``viz``           plots: curves, similarity matrices, retrieval galleries
 - ``viz_segmentation`` segmentation plots: overlays, heatmaps, methods side by side, worst cases
 - ``explorer``      the interactive segmentation explorer (ipywidgets 7 and 8)
+- ``atomic``        writes that leave the old or the complete new file, never a mixture
+- ``saved_files``   reading saved weights and configs, with errors that name the file
 - ``notebook``      small helpers the notebooks share (Colab detection, fast mode)
 - ``demo``          the course's main job on the synthetic set (``make demo``)
 """
