@@ -453,8 +453,10 @@ def _check_disjoint(files: DatasetFiles, split: str, names: list[str]) -> None:
     for other, other_file in files.split_files.items():
         if other == split or not other_file.is_file():
             continue
-        shared_lines = _read_text_lines(other_file, "split file")
-        shared = sorted(set(names) & {line.strip() for line in shared_lines})
+        # Read leniently: that split's own load reports its problems (an empty dev split is fine
+        # for a set that has none).
+        other_names = other_file.read_text(encoding="utf-8-sig", errors="replace").split("\n")
+        shared = sorted(set(names) & {name.strip() for name in other_names})
         if shared:
             raise DatasetFormatError(
                 f"{files.split_files[split]} and {other_file} both list {len(shared)} image(s), "
