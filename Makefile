@@ -2,7 +2,9 @@
 #   make demo   set up .venv, then train a small CLIP on the synthetic set and write outputs/demo/
 #   make test   set up .venv, then run ruff and the whole test suite
 # Set-up installs requirements*.txt with the exact versions of constraints.txt (a matching
-# torch/torchvision pair). On Colab, use `pip install -r requirements.txt` instead (see README).
+# torch/torchvision pair), then the course package itself (`pip install -e .`), so that scripts,
+# benches and tests import `utils` from anywhere. On Colab, use `pip install -r requirements.txt`
+# instead (see README).
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,9 +17,10 @@ export TRANSFORMERS_OFFLINE := 1
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -17,7 +17,6 @@ Each figure is the mean over ``--batches`` batches after two warm-up batches. No
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -25,13 +24,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.data import load_split, locate_dataset  # noqa: E402
-from utils.demo import DemoConfig, demo_clip, demo_train_loader, ensure_demo_dataset  # noqa: E402
-from utils.image_cache import cache_image_array  # noqa: E402
-from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
-from utils.train import clip_batch_loss, clip_parameter_groups  # noqa: E402
+from utils.data import load_split, locate_dataset
+from utils.demo import DemoConfig, demo_clip, demo_train_loader, ensure_demo_dataset
+from utils.image_cache import cache_image_array
+from utils.tokenization import train_wordpiece_tokenizer
+from utils.train import clip_batch_loss, clip_parameter_groups
 
 
 def milliseconds(run, batches: list[dict]) -> float:

@@ -27,27 +27,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pacl_feature_cache import make_backbone  # bench/, the script's own folder
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pacl_feature_cache import make_backbone  # noqa: E402  (bench/: the script's own folder)
-
-from utils.data import (  # noqa: E402
+from utils.data import (
     CaptionCollator,
     ImageCaptionDataset,
     build_transform,
     load_split,
     locate_dataset,
 )
-from utils.demo import SHAPE_CLASSES, DemoConfig, format_summary, run_demo  # noqa: E402
-from utils.feature_cache import cache_features, pacl_feature_loader  # noqa: E402
-from utils.models import CLIP, CLIPConfig  # noqa: E402
-from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups  # noqa: E402
-from utils.prompts import SHAPES_VOCABULARY, training_texts  # noqa: E402
-from utils.segmentation import Segmenter, run_segmentation  # noqa: E402
-from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
-from utils.train import (  # noqa: E402
+from utils.demo import SHAPE_CLASSES, DemoConfig, format_summary, run_demo
+from utils.feature_cache import cache_features, pacl_feature_loader
+from utils.models import CLIP, CLIPConfig
+from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
+from utils.prompts import SHAPES_VOCABULARY, training_texts
+from utils.segmentation import Segmenter, run_segmentation
+from utils.tokenization import train_wordpiece_tokenizer
+from utils.train import (
     TrainConfig,
     clip_batch_loss,
     clip_parameter_groups,

@@ -1,12 +1,10 @@
-"""How much faster does a DataLoader run on the image caches than on the original JPEGs?
+"""How much faster does a DataLoader run on the image array cache than on the original JPEGs?
 
 Makes N Flickr-sized JPEGs (~500x375, textured and noisy so decoding costs what a photo costs),
-builds both caches of ``utils.image_cache`` (timed): JPEG copies with a 256 px short side
-(``cache_resized_images``, in this process and with 2 worker processes) and the 224 px uint8
-array (``cache_image_array``). Then measures images/s through identical DataLoaders (batch 32,
-2 workers, eval transform at 224 px, first batches excluded) over the originals, the JPEG cache
-and the array, taking turns ``--repeats`` times and reporting the median. Prints figures; not a
-test.
+builds the 224 px uint8 array of ``utils.image_cache.cache_image_array`` (timed), then measures
+images/s through identical DataLoaders (batch 32, 2 workers, eval transform at 224 px, first
+batches excluded) over the originals and the array, taking turns ``--repeats`` times and reporting
+the median. Prints figures; not a test.
 
     .venv/bin/python bench/image_cache_throughput.py [--images 400] [--epochs 2] [--repeats 3]
 """
@@ -15,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,14 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.data import ImageCaptionDataset, build_transform  # noqa: E402
-from utils.image_cache import (  # noqa: E402
-    ArrayImageCaptionDataset,
-    cache_image_array,
-    cache_resized_images,
-)
+from utils.data import ImageCaptionDataset, build_transform
+from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
 
 # Flickr8k photos are mostly 500 px on the long side, landscape or portrait.
 FLICKR_SIZES = ((500, 375), (500, 333), (375, 500), (500, 400), (333, 500))
@@ -101,17 +92,6 @@ def main() -> None:
         mean_kb = np.mean([(originals / n).stat().st_size for n in names]) / 1024
         print(f"{args.images} fixture JPEGs, mean {mean_kb:.0f} KB (Flickr8k: ~130 KB)")
 
-        jpeg_caches = {workers: Path(temp) / f"jpeg_cache_{workers}" for workers in (0, 2)}
-        for workers, folder in jpeg_caches.items():
-            seconds = timed(
-                lambda folder=folder, workers=workers: cache_resized_images(
-                    originals, names, folder, 256, num_workers=workers, progress=False
-                )
-            )
-            print(f"JPEG cache build (short side 256), num_workers={workers}: {seconds:.2f} s")
-        jpeg_cache = jpeg_caches[0]  # both builds write identical files
-        cached_kb = np.mean([(jpeg_cache / n).stat().st_size for n in names]) / 1024
-        print(f"  cached JPEGs: mean {cached_kb:.0f} KB")
         array_path = Path(temp) / "pixels_224.npy"
         seconds = timed(
             lambda: cache_image_array(originals, names, array_path, 224, progress=False)
@@ -123,7 +103,6 @@ def main() -> None:
         transform = build_transform(224, train=False)
         datasets = {
             "originals": ImageCaptionDataset(originals, items, transform),
-            "JPEG cache": ImageCaptionDataset(jpeg_cache, items, transform),
             "array cache": ArrayImageCaptionDataset(array_path, items, transform),
         }
         rates: dict[str, list[float]] = {label: [] for label in datasets}

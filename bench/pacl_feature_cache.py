@@ -24,7 +24,6 @@ backbone; no download) at 224 px, to see the ratio where the backbone is heavy; 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,22 +35,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.backbones import CourseCLIPBackbone, FrozenBackbone, HFCLIPBackbone  # noqa: E402
-from utils.data import ImageCaptionDataset, load_split, locate_dataset  # noqa: E402
-from utils.feature_cache import (  # noqa: E402
+from utils.backbones import CourseCLIPBackbone, FrozenBackbone, HFCLIPBackbone
+from utils.data import ImageCaptionDataset, load_split, locate_dataset
+from utils.feature_cache import (
     FeatureCache,
     cache_features,
     pacl_feature_loader,
     text_id_positives,
 )
-from utils.models import CLIP, CLIPConfig  # noqa: E402
-from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups  # noqa: E402
-from utils.prompts import SHAPES_VOCABULARY, training_texts  # noqa: E402
-from utils.synthetic import generate_captioned_shapes  # noqa: E402
-from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
-from utils.train import TrainConfig, fit  # noqa: E402
+from utils.models import CLIP, CLIPConfig
+from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
+from utils.prompts import SHAPES_VOCABULARY, training_texts
+from utils.synthetic import generate_captioned_shapes
+from utils.tokenization import train_wordpiece_tokenizer
+from utils.train import TrainConfig, fit
 
 BATCH_SIZE = 64
 COURSE_EMBED_DIM = 128

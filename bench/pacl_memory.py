@@ -23,15 +23,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.losses import contrastive_loss_from_logits  # noqa: E402
-from utils.pacl import pacl_loss  # noqa: E402
+from utils.losses import contrastive_loss_from_logits
+from utils.pacl import pacl_loss
 
 FLOAT32_BYTES = 4
 LOGIT_SCALE = 1 / 0.07

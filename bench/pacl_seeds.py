@@ -23,16 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.backbones import CourseCLIPBackbone  # noqa: E402
-from utils.data import load_split, locate_dataset  # noqa: E402
-from utils.demo import DemoConfig, segment_splits, segmentation_metrics, train_pacl  # noqa: E402
-from utils.models import load_clip  # noqa: E402
+from utils.backbones import CourseCLIPBackbone
+from utils.data import load_split, locate_dataset
+from utils.demo import DemoConfig, segment_splits, segmentation_metrics, train_pacl
+from utils.models import load_clip
 
 
 def summary_row(label: str, result: dict) -> str:

@@ -23,26 +23,23 @@ Not a test: a measurement for the README and the issue notes.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.backbones import CourseCLIPBackbone  # noqa: E402
-from utils.data import load_split, locate_dataset  # noqa: E402
-from utils.metrics import mean_iou  # noqa: E402
-from utils.models import load_clip  # noqa: E402
-from utils.pacl_io import load_pacl  # noqa: E402
-from utils.segmentation import (  # noqa: E402
+from utils.backbones import CourseCLIPBackbone
+from utils.data import load_split, locate_dataset
+from utils.metrics import mean_iou
+from utils.models import load_clip
+from utils.pacl_io import load_pacl
+from utils.segmentation import (
     Segmenter,
     load_images_and_masks,
     normalised_entropy,
 )
-from utils.synthetic import CLASS_NAMES  # noqa: E402
+from utils.synthetic import CLASS_NAMES
 
 SHAPES = list(CLASS_NAMES[1:])
 

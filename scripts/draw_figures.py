@@ -17,40 +17,35 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Polygon, Rectangle
 
-matplotlib.use("Agg")  # a script: never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Polygon, Rectangle  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a script from anywhere: the course package is here
-
-import torch  # noqa: E402
-
-from utils.atomic import atomic_file  # noqa: E402
-from utils.backbones import CourseCLIPBackbone  # noqa: E402
-from utils.data import DatasetFiles, load_image, load_split, locate_dataset  # noqa: E402
-from utils.models import load_clip  # noqa: E402
-from utils.pacl_io import load_pacl  # noqa: E402
-from utils.segmentation import (  # noqa: E402
+from utils.atomic import atomic_file
+from utils.backbones import CourseCLIPBackbone
+from utils.data import DatasetFiles, load_image, load_split, locate_dataset
+from utils.models import load_clip
+from utils.pacl_io import load_pacl
+from utils.segmentation import (
     Segmenter,
     load_mask,
     masks_from_scores,
     normalised_entropy,
     upsample_scores,
 )
-from utils.synthetic import CLASS_NAMES  # noqa: E402
-from utils.viz import save_figure  # noqa: E402
-from utils.viz_segmentation import class_palette, legend_handles, overlay_mask  # noqa: E402
+from utils.synthetic import CLASS_NAMES
+from utils.viz import save_figure
+from utils.viz_segmentation import class_palette, legend_handles, overlay_mask
+
+matplotlib.use("Agg")  # a script: never open a window
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # One palette for every figure: the image side warm, the text side cool, matches green.
 IMAGE_COLOUR = "#f4a259"

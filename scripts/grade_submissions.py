@@ -30,10 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from utils.atomic import write_text_atomic
 
-from utils.atomic import write_text_atomic  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 GRADING_CELL = ("from utils.grading import grade_namespace as _grade_namespace\n"
                 "_grade_namespace(globals())")

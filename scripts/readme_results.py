@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from utils.atomic import write_text_atomic
 
-from utils.atomic import write_text_atomic  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 README = REPO_ROOT / "README.md"
 RECORD = REPO_ROOT / "Images" / "demo_results.json"

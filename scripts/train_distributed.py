@@ -21,24 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find utils/
-
-from utils.data import (  # noqa: E402
+from utils.data import (
     CaptionCollator,
     ImageCaptionDataset,
     build_transform,
     load_split,
     locate_dataset,
 )
-from utils.demo import DemoConfig, demo_clip  # noqa: E402
-from utils.distributed import (  # noqa: E402
+from utils.demo import DemoConfig, demo_clip
+from utils.distributed import (
     barrier,
     broadcast_from_rank_0,
     gathered_clip_loss,
@@ -47,11 +44,11 @@ from utils.distributed import (  # noqa: E402
     is_main_process,
     world_size,
 )
-from utils.evaluation import embed_split  # noqa: E402
-from utils.models import save_clip  # noqa: E402
-from utils.synthetic import ensure_captioned_shapes  # noqa: E402
-from utils.tokenization import train_wordpiece_tokenizer  # noqa: E402
-from utils.train import TrainConfig, clip_parameter_groups, fit, resolve_device  # noqa: E402
+from utils.evaluation import embed_split
+from utils.models import save_clip
+from utils.synthetic import ensure_captioned_shapes
+from utils.tokenization import train_wordpiece_tokenizer
+from utils.train import TrainConfig, clip_parameter_groups, fit, resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "notebooks"))
-sys.path.insert(0, str(REPO / "scripts"))
 
 build_04 = importlib.import_module("build_04")
-grade_submissions = importlib.import_module("grade_submissions")
+grade_submissions = load_script("scripts/grade_submissions.py")
 
 FAKE_TIMEOUT_S = 30      # a fake submission only imports utils.grading: seconds, even when busy
 

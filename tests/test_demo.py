@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 from utils import demo, synthetic
 from utils.backbones import CourseCLIPBackbone
@@ -141,17 +141,8 @@ def test_command_line_draws_the_dataset_that_run_demo_expects(tmp_path, monkeypa
     assert len(load_split(locate_dataset(root), "train")) == 12
 
 
-def _bench_script(name: str):
-    """A script of ``bench/`` as a module (``bench/`` is a folder of scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_patch_probe_auroc_on_hand_computed_cases():
-    auroc = _bench_script("patch_probe").auroc
+    auroc = load_script("bench/patch_probe.py").auroc
     labels = torch.tensor([False, False, True, True])
     assert auroc(torch.tensor([0.1, 0.2, 0.3, 0.4]), labels) == 1.0         # perfectly separated
     assert auroc(torch.tensor([0.4, 0.3, 0.2, 0.1]), labels) == 0.0         # perfectly inverted
@@ -161,7 +152,7 @@ def test_patch_probe_auroc_on_hand_computed_cases():
 
 def test_patch_probe_reads_a_finished_demo(fast_run, capsys):
     config, _ = fast_run
-    _bench_script("patch_probe").main(["--run", config.out_dir, "--data", config.data_root,
+    load_script("bench/patch_probe.py").main(["--run", config.out_dir, "--data", config.data_root,
                                        "--images", "20", "--probe-images", "40"])
     out = capsys.readouterr().out
     rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()
@@ -174,7 +165,7 @@ def test_patch_probe_reads_a_finished_demo(fast_run, capsys):
 def test_pacl_seeds_bench_reads_a_finished_demo(fast_run, capsys):
     config, metrics = fast_run
     cache_before = sorted(p.name for p in (Path(config.out_dir) / "cache").iterdir())
-    _bench_script("pacl_seeds").main(["--run", config.out_dir, "--seeds", "0", "1"])
+    load_script("bench/pacl_seeds.py").main(["--run", config.out_dir, "--seeds", "0", "1"])
     out = capsys.readouterr().out
     rows = {}                      # "raw" or "pacl <seed>" -> [mIoU, objects only, rule, threshold]
     for words in map(str.split, out.splitlines()):

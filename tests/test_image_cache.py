@@ -1,5 +1,5 @@
-"""The image caches: resized JPEG copies (sizes, aspect, no upscaling, reuse, rebuild, RGB) and
-the fixed-size uint8 array with its dataset (same tensors as the uncached path, reuse, rebuild)."""
+"""The image cache: the fixed-size uint8 array and its dataset (same tensors as the uncached path,
+reuse, rebuilds for other sizes, other bytes and a cut-short file)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import ImageCaptionDataset, build_transform, load_image
-from utils.image_cache import (
-    MANIFEST_NAME,
-    ArrayImageCaptionDataset,
-    cache_image_array,
-    cache_resized_images,
-)
+from utils.data import ImageCaptionDataset, build_transform
+from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
 
 SIZES = {
     "landscape.jpg": (500, 375),
     "portrait.jpg": (333, 500),
     "small.jpg": (120, 90),
-    "large.jpg": (1100, 825),  # big enough for the JPEG decoder's draft (1/2) downscale
 }
 
 
@@ -48,134 +42,11 @@ def images_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
-
-
-def test_short_side_is_resized_and_aspect_kept(images_dir: Path, tmp_path: Path) -> None:
-    cache = cache_resized_images(
-        images_dir, ["landscape.jpg", "portrait.jpg"], tmp_path / "cache", 256, progress=False
-    )
-    assert cache == tmp_path / "cache"
-    assert _size(cache / "landscape.jpg") == (341, 256)  # 500 * 256 / 375 = 341.3
-    assert _size(cache / "portrait.jpg") == (256, 384)  # 500 * 256 / 333 = 384.4
-    for name in ("landscape.jpg", "portrait.jpg"):
-        width, height = _size(cache / name)
-        original_width, original_height = SIZES[name]
-        assert abs(width / height - original_width / original_height) < 0.01
-
-
-@pytest.mark.parametrize(
-    ("name", "size"), [("landscape.jpg", (341, 256)), ("large.jpg", (341, 256))]
-)
-def test_content_survives_resizing(
-    images_dir: Path, tmp_path: Path, name: str, size: tuple[int, int]
-) -> None:
-    cache = cache_resized_images(images_dir, [name], tmp_path / "c", progress=False)
-    with Image.open(images_dir / name) as original, Image.open(cache / name) as cached:
-        assert cached.size == size
-        expected = np.asarray(original.resize(size, Image.Resampling.BOX), dtype=np.float32)
-        assert np.abs(np.asarray(cached, dtype=np.float32) - expected).mean() < 10
-
-
-def test_small_images_are_not_upscaled(images_dir: Path, tmp_path: Path) -> None:
-    cache = cache_resized_images(images_dir, ["small.jpg"], tmp_path / "cache", 256, progress=False)
-    assert _size(cache / "small.jpg") == SIZES["small.jpg"]
-
-
-def test_grayscale_input_gives_rgb_jpeg(images_dir: Path, tmp_path: Path) -> None:
-    cache = cache_resized_images(images_dir, ["gray.jpg"], tmp_path / "cache", 150, progress=False)
-    with Image.open(cache / "gray.jpg") as image:
-        assert (image.mode, image.format, image.size) == ("RGB", "JPEG", (200, 150))
-
-
-def test_exif_orientation_is_applied_like_load_image(images_dir: Path, tmp_path: Path) -> None:
-    stored = np.zeros((200, 400, 3), np.uint8)
-    stored[:, :200] = (255, 0, 0)  # left half red, right half blue, as stored
-    stored[:, 200:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # shown rotated by 90 degrees: a portrait, red on top
-    Image.fromarray(stored).save(images_dir / "rotated.jpg", exif=exif.tobytes(), quality=95)
-    cache = cache_resized_images(
-        images_dir, ["rotated.jpg"], tmp_path / "cache", 100, progress=False
-    )
-    shown = load_image(images_dir / "rotated.jpg")
-    cached = load_image(cache / "rotated.jpg")
-    assert (shown.shape, cached.shape) == ((400, 200, 3), (200, 100, 3))
-    expected = np.asarray(Image.fromarray(shown).resize((100, 200)), dtype=np.float32)
-    assert np.abs(cached.astype(np.float32) - expected).mean() < 8
-
-
-def test_transparency_is_composited_on_white_like_load_image(
-    images_dir: Path, tmp_path: Path
-) -> None:
-    Image.new("RGBA", (300, 200), (255, 0, 0, 0)).save(images_dir / "clear.png")
-    cache = cache_resized_images(images_dir, ["clear.png"], tmp_path / "cache", 100, progress=False)
-    cached = load_image(cache / "clear.png")
-    assert cached.shape == (100, 150, 3)
-    assert cached.min() >= 250  # white, as load_image shows the original; not red, not black
-
-
-def test_second_call_reuses_cached_files(images_dir: Path, tmp_path: Path) -> None:
-    names = list(SIZES)
-    cache = cache_resized_images(images_dir, names[:2], tmp_path / "cache", progress=False)
-    mtimes = {name: (cache / name).stat().st_mtime_ns for name in names[:2]}
-    cache_resized_images(images_dir, names, cache, progress=False)
-    assert {name: (cache / name).stat().st_mtime_ns for name in names[:2]} == mtimes
-    assert (cache / names[2]).is_file()  # the new name was added
-    manifest = json.loads((cache / MANIFEST_NAME).read_text())
-    assert manifest["short_side"] == 256 and manifest["complete"] is True
-    assert manifest["source"] == str(images_dir.resolve())
-    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []
-
-
-def test_other_short_side_rebuilds(images_dir: Path, tmp_path: Path) -> None:
-    cache = cache_resized_images(
-        images_dir, ["landscape.jpg", "portrait.jpg"], tmp_path / "cache", 256, progress=False
-    )
-    cache_resized_images(images_dir, ["landscape.jpg"], cache, 128, progress=False)
-    assert _size(cache / "landscape.jpg") == (171, 128)
-    # Stale images of the old size are gone, so a later call cannot pick them up as cached.
-    assert not (cache / "portrait.jpg").exists()
-    assert json.loads((cache / MANIFEST_NAME).read_text())["short_side"] == 128
-
-
-def test_other_source_folder_rebuilds(images_dir: Path, tmp_path: Path) -> None:
-    cache = cache_resized_images(images_dir, ["landscape.jpg"], tmp_path / "cache", progress=False)
-    other = tmp_path / "other"
-    other.mkdir()
-    Image.new("RGB", (600, 300), (255, 0, 0)).save(other / "landscape.jpg")
-    cache_resized_images(other, ["landscape.jpg"], cache, progress=False)
-    assert _size(cache / "landscape.jpg") == (512, 256)
-
-
-def test_worker_processes_give_the_same_files(images_dir: Path, tmp_path: Path) -> None:
-    names = [f"copy_{i:02d}.jpg" for i in range(20)]  # more than one chunk of work
-    for i, name in enumerate(names):
-        _textured((300 + i, 200), i).save(images_dir / name)
-    serial = cache_resized_images(images_dir, names, tmp_path / "serial", 100, progress=False)
-    parallel = cache_resized_images(
-        images_dir, names, tmp_path / "parallel", 100, num_workers=2, progress=False
-    )
-    for name in names:
-        assert (serial / name).read_bytes() == (parallel / name).read_bytes()
-
-
 def test_missing_image_error_names_the_file(images_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(OSError, match="nope.jpg"):
-        cache_resized_images(images_dir, ["nope.jpg"], tmp_path / "cache", progress=False)
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [MANIFEST_NAME]
-
-
-def test_cache_dir_must_differ_from_images_dir(images_dir: Path) -> None:
-    with pytest.raises(ValueError, match="separate folder"):
-        cache_resized_images(images_dir, ["small.jpg"], images_dir, progress=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Fixed-size array cache
-# --------------------------------------------------------------------------------------------
+        cache_image_array(images_dir, ["small.jpg", "nope.jpg"], tmp_path / "a.npy", 16,
+                          progress=False)
+    assert not list(tmp_path.glob("*.npy"))
 
 
 def _items(names: list[str]) -> list[tuple[str, list[str]]]:

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 from PIL import Image
+from repo_scripts import load_script
 from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip
 
 from utils.backbones import CourseCLIPBackbone
@@ -27,10 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 sys.path.insert(0, str(REPO / "notebooks"))
-sys.path.insert(0, str(REPO / "scripts"))
 
-draw_figures = importlib.import_module("draw_figures")
-readme_results = importlib.import_module("readme_results")
+draw_figures = load_script("scripts/draw_figures.py")
+readme_results = load_script("scripts/readme_results.py")
 COLAB_NOTEBOOKS = importlib.import_module("notebook_builder").COLAB_NOTEBOOKS
 
 # Markdown link or image targets, "[text](target)" or "[text](target "title")", and HTML src/href.

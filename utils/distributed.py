@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from utils.losses import clip_logits
 from utils.pacl import pacl_compatibility
@@ -125,35 +126,19 @@ def gather_objects(items: Sequence) -> list:
 # All-gather that carries gradients
 # --------------------------------------------------------------------------------------------
 
-class _GatherWithGrad(torch.autograd.Function):
-    """``[B, ...]`` on each of ``R`` processes -> ``[R * B, ...]``, the same on every process.
-
-    Backward: every process's loss depends on every process's embeddings, so the gradient of a
-    process's slice is the *sum* over processes of the gradients that reached that slice.
-    ``torch.distributed.all_gather`` alone has no backward; this is its adjoint.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        ctx.batch = tensor.shape[0]
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # sum over processes; a reduce-scatter would move less data
-        start = dist.get_rank() * ctx.batch
-        return grad[start:start + ctx.batch]
-
-
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """All processes' ``[B, ...]`` tensors concatenated in rank order: ``[R * B, ...]``.
 
-    Gradients flow back to each process's own rows (see :class:`_GatherWithGrad`). Alone, the
-    tensor itself. Every process must pass the same shape (``DistributedSampler`` gives each the
-    same number of samples).
+    Why the gradients are right: every process's loss depends on every process's embeddings, so
+    the gradient of the global loss with respect to process ``r``'s rows is the *sum*, over all
+    processes, of the gradient that reached rows ``r * B .. (r + 1) * B`` of their gathered copy.
+    ``torch.distributed.all_gather`` has no backward at all;
+    ``torch.distributed.nn.functional.all_gather`` has exactly this one (a reduce-scatter with
+    SUM, emulated by an all-to-all and a sum on backends without it, such as gloo).
+    ``tests/test_distributed.py`` checks it against one process that sees the whole batch.
+
+    Alone, the tensor itself. Every process must pass the same shape (``DistributedSampler``
+    gives each the same number of samples).
     """
     if not is_distributed():
         return tensor
@@ -161,7 +146,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if len(set(sizes)) != 1:
         raise ValueError(f"processes hold batches of different sizes {sizes}: shard the data "
                          "with DistributedSampler so that every process gets the same number")
-    return _GatherWithGrad.apply(tensor)
+    return torch.cat(all_gather_with_grad(tensor))
 
 
 # --------------------------------------------------------------------------------------------
