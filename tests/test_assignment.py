@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import importlib
-import sys
 from pathlib import Path
 
 import nbformat
@@ -14,9 +12,7 @@ import pytest
 from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "notebooks"))
-
-build_04 = importlib.import_module("build_04")
+sync = load_script("scripts/sync_notebooks.py")
 grade_submissions = load_script("scripts/grade_submissions.py")
 
 FAKE_TIMEOUT_S = 30      # a fake submission only imports utils.grading: seconds, even when busy
@@ -26,11 +22,15 @@ def _cells(notebook: nbformat.NotebookNode) -> list[tuple]:
     return [(c.cell_type, c.source, dict(c.metadata)) for c in notebook.cells]
 
 
+def student_notebook() -> nbformat.NotebookNode:
+    return sync.notebook_for(sync.ASSIGNMENT_SOURCE, student=True)
+
+
 def test_committed_student_notebook_is_up_to_date_with_its_source() -> None:
-    committed = nbformat.read(REPO / "notebooks" / build_04.STUDENT_FILE, as_version=4)
-    assert _cells(committed) == _cells(build_04.build(student=True).build()), (
-        "notebooks/04_assignment.ipynb differs from notebooks/build_04.py: run "
-        "`.venv/bin/python notebooks/build_04.py` and commit the notebook")
+    committed = nbformat.read(REPO / "notebooks" / "04_assignment.ipynb", as_version=4)
+    assert _cells(committed) == _cells(student_notebook()), (
+        "notebooks/04_assignment.ipynb differs from notebooks/04_assignment.py: run "
+        "`.venv/bin/python scripts/sync_notebooks.py` and commit the notebook")
 
 
 def _solution_lines(source: str) -> list[str]:
@@ -42,15 +42,15 @@ def _solution_lines(source: str) -> list[str]:
 
 
 def test_no_solution_text_in_the_student_notebook() -> None:
-    student = nbformat.writes(build_04.build(student=True).build())
-    solutions = [text for kind, text in build_04.CELLS if kind == "solution"]
+    student = nbformat.writes(student_notebook())
+    solutions = sync.solution_sources()
     assert len(solutions) == 6
     leaked = [line for text in solutions for line in _solution_lines(text) if line in student]
     assert not leaked, f"solution lines in the student notebook: {leaked}"
 
 
 def test_every_exercise_cell_is_a_stub_with_the_solution_signature() -> None:
-    exercises = [c for c in build_04.build(student=True).cells
+    exercises = [c for c in student_notebook().cells
                  if "exercise" in c.metadata.get("tags", [])]
     functions = [c for c in exercises if c.source.startswith("def ")]
     assert len(functions) == 5
@@ -64,7 +64,7 @@ def test_every_exercise_cell_is_a_stub_with_the_solution_signature() -> None:
 
 def test_a_solution_cell_with_extra_code_is_refused() -> None:
     with pytest.raises(ValueError, match="one function"):
-        build_04.student_version('def f():\n    """Doc."""\n    return 1\n\nprint(f())\n')
+        sync.student_version('def f():\n    """Doc."""\n    return 1\n\nprint(f())\n')
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +157,8 @@ def test_a_syntax_error_and_an_unreadable_file_are_reported(graded) -> None:
 def test_the_solution_notebook_runs_cleanly_and_passes_every_check(tmp_path: Path) -> None:
     folder = tmp_path / "solution"
     folder.mkdir()
-    nbformat.write(build_04.build(student=False).build(), folder / build_04.SOLUTION_FILE)
+    nbformat.write(sync.notebook_for(sync.ASSIGNMENT_SOURCE, student=False),
+                   folder / sync.SOLUTION_FILE)
     rows = grade_submissions.grade_folder(folder, tmp_path / "grades.csv", timeout=240)
     assert rows[0]["errors"] == ""
     assert [rows[0][key] for key in ("a", "b", "c", "d", "e")] == ["1.00"] * 5

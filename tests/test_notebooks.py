@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -25,6 +26,7 @@ CELL_TIMEOUT_S = 300
 NOTEBOOK_BUDGET_S = float(os.environ.get("CLIP_PACL_NOTEBOOK_BUDGET_S", "300"))
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 COLAB_URL = "https://colab.research.google.com/github/"
+sync = load_script("scripts/sync_notebooks.py")
 
 
 def _ids(path: Path) -> str:
@@ -42,6 +44,42 @@ def test_notebooks_exist() -> None:
 # --------------------------------------------------------------------------------------------
 # Static checks: what is committed
 # --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_ipynb_is_what_its_source_makes(path: Path) -> None:
+    """Edited the ``.py`` and not rewritten the ``.ipynb``, or the other way round: either fails."""
+    source = path.with_suffix(".py")
+    assert source.is_file(), f"{path.name} has no source {source.name}"
+    expected = nbformat.writes(sync.notebook_for(source))
+    assert nbformat.writes(_read(path)) == expected, (
+        f"{path.name} and {source.name} disagree: after editing {source.name}, run "
+        "`.venv/bin/python scripts/sync_notebooks.py`; after editing the .ipynb, "
+        f"`.venv/bin/python scripts/sync_notebooks.py --from-ipynb {path.name[:2]}`")
+
+
+def test_every_notebook_starts_with_the_one_set_up_cell() -> None:
+    setup = sync.SETUP_SOURCE.read_text(encoding="utf-8").strip("\n")
+    for path in NOTEBOOKS:
+        code = [cell for cell in _read(path).cells if cell.cell_type == "code"]
+        assert code[0].source == setup, f"{path.name}: its first code cell is not setup_cell.py"
+
+
+def test_from_ipynb_writes_a_source_that_makes_the_same_notebook(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The way back, for who edits a notebook in Jupyter: .ipynb -> .py -> the same .ipynb."""
+    for path in [*NOTEBOOKS, *sync.sources(), sync.SETUP_SOURCE]:
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    source = tmp_path / "02_pacl_patch_alignment.py"
+    monkeypatch.setattr(sync, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(sync, "SETUP_SOURCE", tmp_path / "setup_cell.py")
+    monkeypatch.setattr(sync, "ASSIGNMENT_SOURCE", tmp_path / "04_assignment.py")
+    edited = _read(source.with_suffix(".ipynb"))
+    edited.cells[0].source += "\n\nA sentence added in Jupyter."
+    nbformat.write(edited, source.with_suffix(".ipynb"))
+    assert sync.source_from_ipynb("02") == source
+    assert "# A sentence added in Jupyter." in source.read_text()
+    assert nbformat.writes(sync.notebook_for(source)) == nbformat.writes(edited)
+
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_committed_without_outputs(path: Path) -> None:

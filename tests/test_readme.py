@@ -4,10 +4,8 @@ draws today."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -27,11 +25,9 @@ from utils.synthetic import ensure_captioned_shapes
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
-sys.path.insert(0, str(REPO / "notebooks"))
-
 draw_figures = load_script("scripts/draw_figures.py")
 readme_results = load_script("scripts/readme_results.py")
-COLAB_NOTEBOOKS = importlib.import_module("notebook_builder").COLAB_NOTEBOOKS
+COLAB_NOTEBOOKS = load_script("scripts/sync_notebooks.py").COLAB_NOTEBOOKS
 
 # Markdown link or image targets, "[text](target)" or "[text](target "title")", and HTML src/href.
 MARKDOWN_TARGET = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")

@@ -1,0 +1,314 @@
+# %% [markdown]
+# # 04 · Assignment: CLIP and PACL in your own code
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/04_assignment.ipynb)
+#
+# Notebooks 01-03 built CLIP and PACL with the course's tested package. Here you write the central
+# pieces yourself:
+#
+# | exercise | you write | it returns |
+# |---|---|---|
+# | (a) | `clip_loss`: CLIP's symmetric contrastive loss | a 0-dim tensor |
+# | (b) | `image_to_text_recall`: recall@K when an image has several captions | a float |
+# | (c) | `pacl_compatibility`: PACL's patch-text compatibility | a `[B, T]` tensor |
+# | (d) | `mean_iou`: mean intersection over union of segmentation maps | a float |
+# | (e) | an open experiment on the synthetic set: a plot and a paragraph | a figure and text |
+#
+# **How it works.** Each exercise has a cell marked `# YOUR CODE HERE`: its docstring says exactly
+# what goes in and what must come out. Replace the `raise NotImplementedError` with your code and run
+# the cell. The *check* cell under it runs your function against the course's reference on several
+# inputs, random ones and awkward ones (a batch of one, ties, non-contiguous tensors, float64, an
+# ignored pixel, a class missing from the image), and tells you which input went wrong, what was
+# expected, what you returned, and a hint. Run it as often as you like.
+#
+# **Rules.** Use `torch` and `torch.nn.functional`, not the course's `utils.losses`, `utils.metrics`
+# or `utils.pacl` (that is what your answers are compared with). Keep the function names: the
+# grader looks for them.
+#
+# **Submitting.** Run the whole notebook top to bottom (*Runtime → Restart session and run all* on
+# Colab), check that the summary at the end shows what you expect, save, and hand in the `.ipynb`
+# file. Your instructor's grader re-runs it in a fresh kernel with a time limit for the whole
+# notebook (5 minutes unless your instructor says otherwise) and re-checks every exercise: what
+# counts is your functions, not the printed output. A cell still running when time is up is
+# stopped, and the exercises after it may score nothing.
+
+# %% [markdown]
+# ## 0 · Set-up
+#
+# On Colab this clones the course and installs its requirements and package; locally it only
+# checks that the package is installed (`make setup` does it).
+
+# %% tags=["setup"]
+import importlib
+import importlib.util
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+# Placeholder until the course has its public home (see the README): change it in this one place.
+REPO_URL = "https://github.com/clip-pacl/clip-pacl"
+
+if "google.colab" in sys.modules:
+    repo = Path("/content") / REPO_URL.rstrip("/").rsplit("/", 1)[-1]
+    if not repo.exists():
+        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(repo)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r",
+                    str(repo / "requirements.txt")], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(repo)],
+                   check=True)
+    for folder in site.getsitepackages():    # let this running kernel see the new install
+        site.addsitedir(folder)
+    importlib.invalidate_caches()
+if importlib.util.find_spec("utils") is None:
+    raise ModuleNotFoundError(
+        "The course package `utils` is not installed for this kernel's Python. In the "
+        "repository, run `make setup` and pick .venv's kernel, or run `pip install -e .`; then "
+        "restart the kernel.")
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+from utils.data import load_split, locate_dataset
+from utils.grading import check_exercise, check_experiment, summary
+from utils.notebook import fast_mode, synthetic_dataset
+
+# %%
+# Parameters
+FAST = fast_mode()   # CLIP_PACL_FAST=1: a smaller synthetic set for exercise (e)
+SEED = 0
+
+
+# %% [markdown]
+# ## (a) · The CLIP loss
+#
+# A batch holds $N$ images and their $N$ captions, pair $i$ being image $i$ with caption $i$. CLIP
+# (Radford et al. 2021, Fig. 3) L2-normalises both embeddings, scores every image against every
+# caption with a scaled cosine, $\text{logits} = s\, \hat I \hat T^\top$ ($N \times N$), and asks
+# two questions at once: for each image (a row), which caption is its own? For each caption (a
+# column), which image? Each is a cross-entropy with targets $0, 1, \dots, N-1$ (the diagonal); the
+# loss is their mean. The multiplier $s = e^{t}$ is the inverse temperature, learnt in CLIP;
+# here it is given.
+
+# %% tags=["solution"]
+def clip_loss(image_emb, text_emb, logit_scale):
+    """CLIP's symmetric contrastive loss (Radford et al. 2021, Fig. 3).
+
+    Args:
+        image_emb: [N, D] image embeddings, any length (normalise them); row i pairs with
+            text_emb[i].
+        text_emb: [N, D] text embeddings, any length.
+        logit_scale: the multiplier s > 0 (a float or a 0-dim tensor), already exponentiated.
+
+    Returns:
+        A 0-dim tensor in the inputs' dtype, through which gradients flow: the mean of the
+        image->text cross-entropy (rows of s * I @ T.T) and the text->image one (columns), each
+        averaged over the batch, with targets 0..N-1.
+    """
+    logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+# %%
+result_a = check_exercise("a", clip_loss)
+
+
+# %% [markdown]
+# ## (b) · Recall@K with several captions per image
+#
+# Retrieval asks: given an image, are its captions ranked near the top of all captions? On Flickr8k
+# every image has five captions, and finding *any* of them counts. Recall@K for image -> text
+# retrieval is the share of images that have at least one of their own captions among the $K$
+# captions they score highest. `text_to_image[j]` says which image caption $j$ belongs to; do not
+# assume the captions are grouped or that every image has five.
+
+# %% tags=["solution"]
+def image_to_text_recall(similarity, text_to_image, k):
+    """Image -> text recall@k when an image may have several captions.
+
+    Args:
+        similarity: [I, T] score of image i with caption j (higher is a better match).
+        text_to_image: [T] int64, the image index of each caption (any order, any number of
+            captions per image).
+        k: the cut-off (an int >= 1); when k > T every caption is within the top k.
+
+    Returns:
+        A Python float in [0, 1]: the share of images with at least one of their own captions
+        among their k highest-scoring captions.
+    """
+    k = min(k, similarity.shape[1])
+    top = similarity.topk(k, dim=1).indices                                     # [I, k]
+    is_own = text_to_image[top] == torch.arange(similarity.shape[0])[:, None]   # [I, k]
+    return is_own.any(dim=1).float().mean().item()
+
+
+# %%
+result_b = check_exercise("b", image_to_text_recall)
+
+
+# %% [markdown]
+# ## (c) · The PACL compatibility
+#
+# PACL (Mukhoti et al., CVPR 2023, Eq. 2-3) compares a text with an image through its *patches*.
+# For image $x$ with patch embeddings $v_1, \dots, v_P$ and text embedding $u$:
+#
+# 1. $s_p = \cos(v_p, u)$, the similarity of every patch with the text;
+# 2. $a = \text{softmax}_p(s)$, weights over the $P$ patches (no temperature);
+# 3. $\bar v = \sum_p a_p v_p$, a weighted sum of the patch embeddings *as they are* (not
+#    normalised);
+# 4. $\phi(x, u) = \cos(\bar v, u)$.
+#
+# Compute it for every image of a batch against every text at once. (The course's version avoids a
+# `[B, T, P, D]` tensor; for this exercise any correct way is fine.)
+
+# %% tags=["solution"]
+def pacl_compatibility(patch_emb, text_emb):
+    """PACL's compatibility of every image with every text (Mukhoti et al. 2023, Eq. 2-3).
+
+    Args:
+        patch_emb: [B, P, D] patch embeddings of B images (the vision embedder's outputs).
+        text_emb: [T, D] text embeddings, any length.
+
+    Returns:
+        A [B, T] tensor in the inputs' dtype: entry [b, t] is cos(sum_p a_p patch_emb[b, p],
+        text_emb[t]) with a = softmax over the P patches of cos(patch_emb[b, p], text_emb[t]).
+    """
+    texts = F.normalize(text_emb, dim=-1)
+    similarity = torch.einsum("bpd,td->btp", F.normalize(patch_emb, dim=-1), texts)  # [B, T, P]
+    weights = similarity.softmax(dim=-1)                                   # over the patches
+    pooled = torch.einsum("btp,bpd->btd", weights, patch_emb)              # [B, T, D]
+    return torch.einsum("btd,td->bt", F.normalize(pooled, dim=-1), texts)
+
+
+# %%
+result_c = check_exercise("c", pacl_compatibility)
+
+
+# %% [markdown]
+# ## (d) · Mean IoU
+#
+# Segmentation is scored per class $c$ by the intersection over union
+# $\text{IoU}_c = |\text{pred} = c \wedge \text{target} = c| \,/\, |\text{pred} = c \vee
+# \text{target} = c|$, and mIoU is the mean over classes. Three details matter: pixels whose target
+# is `ignore_index` (object borders, unlabelled areas) count for nothing; a class that appears
+# neither in the prediction nor in the target is left out of the mean (it was not there to be
+# found); and over a batch, the pixel counts are pooled before dividing, as for a whole dataset.
+
+# %% tags=["solution"]
+def mean_iou(pred, target, num_classes, ignore_index=255):
+    """Mean intersection over union of integer class maps.
+
+    Args:
+        pred, target: integer tensors of the same shape, one image [H, W] or a batch [N, H, W].
+        num_classes: classes are 0 .. num_classes - 1.
+        ignore_index: pixels whose target is this value are left out entirely.
+
+    Returns:
+        A Python float: the mean over classes present in pred or target (after dropping ignored
+        pixels) of |pred == c and target == c| / |pred == c or target == c|, counted over all
+        pixels of the batch together.
+    """
+    pred, target = pred.reshape(-1), target.reshape(-1)
+    keep = target != ignore_index
+    pred, target = pred[keep], target[keep]
+    ious = []
+    for c in range(num_classes):
+        union = ((pred == c) | (target == c)).sum().item()
+        if union > 0:
+            ious.append(((pred == c) & (target == c)).sum().item() / union)
+    return sum(ious) / len(ious)
+
+
+# %%
+result_d = check_exercise("d", mean_iou)
+
+
+# %% [markdown]
+# ## (e) · An open experiment
+#
+# Ask one question about CLIP or PACL, answer it with an experiment on the synthetic *captioned
+# shapes* set, show the answer in a plot, and explain it in a paragraph. Keep it to a minute or
+# less of CPU time. Some questions to start from:
+#
+# - **The temperature.** How does the logit scale $s$ change the loss of *fixed* embeddings, and why
+#   does CLIP learn $s$ instead of fixing it? Idea: turn each image's colour + shape caption (the
+#   third caption of each test image, e.g. "a red circle and a blue star") into a bag-of-words
+#   vector, add noise for the image side and independent noise for the text side, and plot your
+#   `clip_loss` against $s$ for a few noise levels.
+# - **Duplicates.** Several synthetic images share a caption text. What does that do to the loss and
+#   to recall@K?
+# - **PACL's softmax.** With made-up patches, how does the compatibility change as more patches
+#   match the text?
+#
+# `synthetic_dataset(FAST)` returns the dataset's folder (generated the first time), and
+# `load_split(locate_dataset(folder), "test")` its test images as `(name, [five captions])`.
+# `run_experiment()` must return the figure (label the axes); `EXPERIMENT_ANSWER` holds your
+# paragraph. The check only sees that a labelled plot and a paragraph of 50 words or more exist;
+# your instructor reads the rest.
+
+# %% tags=["solution"]
+def run_experiment():
+    """Your experiment on the synthetic set (a minute or less of CPU time).
+
+    Returns:
+        A matplotlib Figure that answers your question, with labelled x and y axes.
+    """
+    # The question: how does the logit scale s change CLIP's loss of fixed embeddings?
+    items = load_split(locate_dataset(synthetic_dataset(FAST, progress=False)), "test")
+    contents = [captions[2] for _, captions in items]         # colour + shape, e.g. "a red circle"
+    vocabulary = {word: i for i, word in enumerate(sorted({w for c in contents for w in c.split()}))}
+    content = torch.zeros(len(contents), len(vocabulary))
+    for row, caption in enumerate(contents):
+        for word in caption.split():
+            content[row, vocabulary[word]] += 1
+    content = F.normalize(content, dim=-1)                    # [N, V] what each image shows
+    generator = torch.Generator().manual_seed(SEED)
+    scales = torch.logspace(-1, 2.5, 30)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for noise in (0.0, 0.5, 1.0, 2.0):
+        # Independent noise on each side stands for imperfect image and text encoders.
+        images, texts = (content + noise / math.sqrt(len(vocabulary))
+                         * torch.randn(content.shape, generator=generator) for _ in range(2))
+        losses = torch.tensor([clip_loss(images, texts, s).item() for s in scales])
+        best = losses.argmin()
+        line, = ax.plot(scales, losses, label=f"noise {noise}")
+        ax.plot(scales[best], losses[best], "o", color=line.get_color())
+        print(f"noise {noise}: lowest loss {losses[best]:.2f} at s = {scales[best]:.1f}")
+    ax.axhline(math.log(len(contents)), color="grey", linestyle="--",
+               label=f"log N = {math.log(len(contents)):.2f} (a uniform guess)")
+    ax.set(xscale="log", ylim=(0, 2 * math.log(len(contents))), xlabel="logit scale s",
+           ylabel="CLIP loss", title=f"Loss of fixed embeddings, {len(contents)} test images")
+    ax.legend()
+    return fig
+
+
+# %% tags=["solution"]
+EXPERIMENT_ANSWER = """
+Every curve starts at log N on the left: with a tiny logit scale all logits are nearly equal,
+each caption looks equally likely, and the embeddings do not matter. With noise-free embeddings
+the loss keeps falling as s grows but levels off above zero, because images with the same content
+get identical embeddings and no scale can tell them apart. As soon as the embeddings are noisy,
+some wrong pairs score above right ones, and a large s turns each such mistake into a loss that
+grows linearly with s: every noisy curve has a lowest point at a finite s, and the noisier the
+embeddings, the smaller that best s (the dots move left). So the right temperature depends on how
+good the encoders are, and that changes during training: this is why CLIP learns s with the
+encoders instead of fixing it. A fixed s = 1 (a popular tutorial's choice) is far too small:
+cosines lie between -1 and 1, so the loss stays near log N whatever the encoders learn.
+"""
+
+# %%
+result_e = check_experiment(run_experiment, EXPERIMENT_ANSWER)
+
+# %% [markdown]
+# ## Summary
+#
+# Your status on every exercise you have checked in this session. Before you submit, restart the
+# kernel and run everything, so that this table reflects the notebook as you hand it in.
+
+# %%
+print(summary())
