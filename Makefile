@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m utils.demo --out outputs/demo
+	$(PY) -m utils.course.demo --out outputs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check utils tests bench notebooks scripts

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from utils.course.demo import DemoConfig, demo_clip, demo_train_loader, ensure_demo_dataset
 from utils.data import load_split, locate_dataset
-from utils.demo import DemoConfig, demo_clip, demo_train_loader, ensure_demo_dataset
-from utils.image_cache import cache_image_array
+from utils.storage.image_cache import cache_image_array
 from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import clip_batch_loss, clip_parameter_groups
 

@@ -1,6 +1,6 @@
 """Measure `make demo`'s job: wall time and peak memory (RSS) against the course's bars.
 
-Runs ``python -m utils.demo`` in a child process (the one-time install is not part of it) and
+Runs ``python -m utils.course.demo`` in a child process (the one-time install is not part of it) and
 prints the wall time, the child's peak resident memory, the retrieval metrics and the segmentation
 mIoU it wrote, each against its bar.
 
@@ -36,7 +36,7 @@ def main() -> None:
         shutil.rmtree(args.data, ignore_errors=True)
 
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "utils.demo", "--out", args.out, "--data", args.data,
+    subprocess.run([sys.executable, "-m", "utils.course.demo", "--out", args.out, "--data", args.data,
                     "--no-progress"], check=True)
     wall = time.perf_counter() - started
     # ru_maxrss is in KiB on Linux: the largest resident set of any finished child.

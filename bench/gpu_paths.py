@@ -30,6 +30,7 @@ import torch
 from pacl_feature_cache import make_backbone  # bench/, the script's own folder
 from torch.utils.data import DataLoader
 
+from utils.course.demo import SHAPE_CLASSES, DemoConfig, format_summary, run_demo
 from utils.data import (
     CaptionCollator,
     ImageCaptionDataset,
@@ -37,12 +38,11 @@ from utils.data import (
     load_split,
     locate_dataset,
 )
-from utils.demo import SHAPE_CLASSES, DemoConfig, format_summary, run_demo
-from utils.feature_cache import cache_features, pacl_feature_loader
 from utils.models import CLIP, CLIPConfig
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
 from utils.prompts import SHAPES_VOCABULARY, training_texts
 from utils.segmentation import Segmenter, run_segmentation
+from utils.storage.feature_cache import cache_features, pacl_feature_loader
 from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import (
     TrainConfig,

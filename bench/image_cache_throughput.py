@@ -1,7 +1,7 @@
 """How much faster does a DataLoader run on the image array cache than on the original JPEGs?
 
 Makes N Flickr-sized JPEGs (~500x375, textured and noisy so decoding costs what a photo costs),
-builds the 224 px uint8 array of ``utils.image_cache.cache_image_array`` (timed), then measures
+builds the 224 px uint8 array of ``utils.storage.image_cache.cache_image_array`` (timed), then measures
 images/s through identical DataLoaders (batch 32, 2 workers, eval transform at 224 px, first
 batches excluded) over the originals and the array, taking turns ``--repeats`` times and reporting
 the median. Prints figures; not a test.
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from utils.data import ImageCaptionDataset, build_transform
-from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
+from utils.storage.image_cache import ArrayImageCaptionDataset, cache_image_array
 
 # Flickr8k photos are mostly 500 px on the long side, landscape or portrait.
 FLICKR_SIZES = ((500, 375), (500, 333), (375, 500), (500, 400), (333, 500))

@@ -5,7 +5,7 @@ generated synthetic set of ``--images`` images, one run side by side:
 
 (a) every step loads and transforms the images and runs the frozen backbone to get the patch
     embeddings, then trains the embedder;
-(b) every step reads the patch embeddings from :func:`utils.feature_cache.cache_features`' cache.
+(b) every step reads the patch embeddings from :func:`utils.storage.feature_cache.cache_features`' cache.
 
 Both train the same :class:`utils.pacl.PACL` with :func:`utils.train.fit` (same batches, same
 loss); text embeddings come from the cache in both, so the difference is the image side only.
@@ -37,16 +37,16 @@ from transformers import CLIPModel
 
 from utils.backbones import CourseCLIPBackbone, FrozenBackbone, HFCLIPBackbone
 from utils.data import ImageCaptionDataset, load_split, locate_dataset
-from utils.feature_cache import (
+from utils.models import CLIP, CLIPConfig
+from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
+from utils.positives import text_id_positives
+from utils.prompts import SHAPES_VOCABULARY, training_texts
+from utils.sources.synthetic import generate_captioned_shapes
+from utils.storage.feature_cache import (
     FeatureCache,
     cache_features,
     pacl_feature_loader,
-    text_id_positives,
 )
-from utils.models import CLIP, CLIPConfig
-from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
-from utils.prompts import SHAPES_VOCABULARY, training_texts
-from utils.synthetic import generate_captioned_shapes
 from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import TrainConfig, fit
 

@@ -27,8 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from utils.backbones import CourseCLIPBackbone
+from utils.course.demo import DemoConfig, segment_splits, segmentation_metrics, train_pacl
 from utils.data import load_split, locate_dataset
-from utils.demo import DemoConfig, segment_splits, segmentation_metrics, train_pacl
 from utils.models import load_clip
 
 

@@ -33,13 +33,13 @@ from utils.backbones import CourseCLIPBackbone
 from utils.data import load_split, locate_dataset
 from utils.metrics import mean_iou
 from utils.models import load_clip
-from utils.pacl_io import load_pacl
 from utils.segmentation import (
     Segmenter,
     load_images_and_masks,
     normalised_entropy,
 )
-from utils.synthetic import CLASS_NAMES
+from utils.sources.synthetic import CLASS_NAMES
+from utils.storage.pacl_io import load_pacl
 
 SHAPES = list(CLASS_NAMES[1:])
 

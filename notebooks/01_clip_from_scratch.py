@@ -80,20 +80,7 @@ import torch.nn.functional as F
 from IPython.display import Image, display
 from torch.utils.data import DataLoader
 
-from utils.data import (
-    CaptionCollator,
-    ImageCaptionDataset,
-    build_transform,
-    load_image,
-    load_pretrained_tokenizer,
-    load_split,
-    locate_dataset,
-    train_wordpiece_tokenizer,
-)
-from utils.evaluation import embed_split, embed_texts
-from utils.losses import clip_loss
-from utils.models import CLIP, CLIPConfig, save_clip
-from utils.notebook import (
+from utils.course.notebook import (
     IN_COLAB,
     caption_ranking,
     confusion_matrix,
@@ -108,9 +95,22 @@ from utils.notebook import (
     show,
     synthetic_dataset,
 )
-from utils.synthetic import COLOURS, SHAPES
+from utils.data import (
+    CaptionCollator,
+    ImageCaptionDataset,
+    build_transform,
+    load_image,
+    load_pretrained_tokenizer,
+    load_split,
+    locate_dataset,
+    train_wordpiece_tokenizer,
+)
+from utils.evaluation import embed_split, embed_texts
+from utils.losses import clip_loss
+from utils.models import CLIP, CLIPConfig, save_clip
+from utils.plots.clip import plot_retrieval_gallery, plot_similarity_matrix, plot_training_curves
+from utils.sources.synthetic import COLOURS, SHAPES
 from utils.train import TrainConfig, clip_batch_loss, clip_parameter_groups, fit, seed_everything
-from utils.viz import plot_retrieval_gallery, plot_similarity_matrix, plot_training_curves
 
 # %% [markdown]
 # ### Parameters
@@ -201,10 +201,10 @@ display(Image(filename=str(repo_root() / "Images" / "clip_architecture.png"), wi
 
 # %%
 if DATASET == "flickr8k":
-    from utils.flickr8k import prepare_flickr8k
+    from utils.sources.flickr8k import prepare_flickr8k
 
     # Downloads the two official archives once (MD5-checked, resumable) and unpacks them. Have the
-    # Kaggle copy (Images/ + captions.txt) already? Use utils.flickr8k.use_kaggle_copy(path).
+    # Kaggle copy (Images/ + captions.txt) already? Use utils.sources.flickr8k.use_kaggle_copy(path).
     dataset_root = prepare_flickr8k(DATA_DIR / "flickr8k")
 else:
     dataset_root = synthetic_dataset(FAST, image_size=IMAGE_SIZE)  # generated once, then reused
@@ -284,7 +284,7 @@ print(f"median {np.median(lengths):.0f} tokens; {np.mean(lengths > MAX_LENGTH):.
 # %%
 train_transform = build_transform(IMAGE_SIZE, train=True, seed=SEED)
 if DATASET == "flickr8k":
-    from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
+    from utils.storage.image_cache import ArrayImageCaptionDataset, cache_image_array
 
     array = cache_image_array(files.images_dir, [name for name, _ in train_items],
                               DATA_DIR / "flickr8k_cache" / f"train_{IMAGE_SIZE}.npy", IMAGE_SIZE)

@@ -77,18 +77,8 @@ from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 
 from utils.backbones import HF_CLIP_NAME, CourseCLIPBackbone, load_hf_clip
-from utils.data import (
-    ImageCaptionDataset,
-    caption_positives,
-    load_image,
-    load_split,
-    locate_dataset,
-)
-from utils.demo import DemoConfig, run_demo
-from utils.feature_cache import cache_features, pacl_feature_loader
-from utils.metrics import recall_at_k
-from utils.models import load_clip
-from utils.notebook import (
+from utils.course.demo import DemoConfig, run_demo
+from utils.course.notebook import (
     IN_COLAB,
     SYNTHETIC_SIZES,
     count_parameters,
@@ -100,6 +90,14 @@ from utils.notebook import (
     show,
     synthetic_dataset,
 )
+from utils.data import (
+    ImageCaptionDataset,
+    load_image,
+    load_split,
+    locate_dataset,
+)
+from utils.metrics import recall_at_k
+from utils.models import load_clip
 from utils.pacl import (
     PACL,
     pacl_batch_loss,
@@ -108,7 +106,8 @@ from utils.pacl import (
     patch_text_similarity,
     patch_weights,
 )
-from utils.pacl_io import load_pacl, save_pacl
+from utils.plots.clip import plot_training_curves
+from utils.positives import caption_positives
 from utils.prompts import (
     FLICKR_VOCABULARY,
     PROMPT_TEMPLATES,
@@ -119,9 +118,10 @@ from utils.prompts import (
     normalise_text,
     training_texts,
 )
-from utils.synthetic import CLASS_NAMES, COLOURS, SHAPES, shape_footprint
+from utils.sources.synthetic import CLASS_NAMES, COLOURS, SHAPES, shape_footprint
+from utils.storage.feature_cache import cache_features, pacl_feature_loader
+from utils.storage.pacl_io import load_pacl, save_pacl
 from utils.train import TrainConfig, fit, seed_everything
-from utils.viz import plot_training_curves
 
 # %% [markdown]
 # ### Parameters
@@ -170,7 +170,7 @@ print(f"backbone={BACKBONE}  dataset={DATASET}  fast={FAST}  device={DEVICE}  ep
 # - `text_embeddings(texts)`: one unit vector per text, `[T, D]`;
 # - `image_embeddings(images)`: CLIP's own image vector, `[B, D]`, for the comparison at the end.
 #
-# If notebook 01 has not been run here, the next cell trains a CLIP first with `utils.demo`,
+# If notebook 01 has not been run here, the next cell trains a CLIP first with `utils.course.demo`,
 # the same recipe, into `outputs/01_clip` (about two minutes in FAST mode, longer for the full
 # size).
 
@@ -181,7 +181,7 @@ if BACKBONE == "openai":
 else:
     if not (CLIP_DIR / "clip_config.json").exists():
         print(f"No CLIP in {CLIP_DIR}: notebook 01 has not been run here. Training one now with "
-              "utils.demo (the same recipe as notebook 01).")
+              "utils.course.demo (the same recipe as notebook 01).")
         make_config = DemoConfig.fast if FAST else DemoConfig
         size = "fast" if FAST else "full"
         run_demo(make_config(data_root=str(synthetic_dataset(FAST)), out_dir=str(CLIP_DIR.parent),
@@ -199,7 +199,7 @@ print(f"frozen CLIP: {source}\nimages {IMAGE_SIZE} px -> a {GRID[0]} x {GRID[1]}
 
 # %%
 if DATASET == "flickr8k":
-    from utils.flickr8k import prepare_flickr8k
+    from utils.sources.flickr8k import prepare_flickr8k
 
     dataset_root = prepare_flickr8k(DATA_DIR / "flickr8k")   # ~1 GB, downloaded once
     objects = None                                          # photos come without object records

@@ -73,11 +73,8 @@ import torch.nn.functional as F
 from IPython.display import display
 
 from utils.backbones import HF_CLIP_NAME, CourseCLIPBackbone, HFCLIPBackbone, load_hf_clip
-from utils.data import load_image, load_split, locate_dataset
-from utils.demo import DemoConfig, run_demo
-from utils.explorer import explorer_figure, segmentation_explorer
-from utils.models import load_clip
-from utils.notebook import (
+from utils.course.demo import DemoConfig, run_demo
+from utils.course.notebook import (
     IN_COLAB,
     SYNTHETIC_SIZES,
     data_dir,
@@ -88,8 +85,19 @@ from utils.notebook import (
     show,
     synthetic_dataset,
 )
+from utils.data import load_image, load_split, locate_dataset
+from utils.models import load_clip
 from utils.pacl import patch_text_similarity
-from utils.pacl_io import load_pacl
+from utils.plots.explorer import explorer_figure, segmentation_explorer
+from utils.plots.segmentation import (
+    lowest_scores,
+    plot_class_heatmaps,
+    plot_methods_side_by_side,
+    plot_miou_bars,
+    plot_overlay,
+    plot_per_class_iou,
+    plot_worst_cases,
+)
 from utils.prompts import PROMPT_TEMPLATES, format_prompt
 from utils.segmentation import (
     ENTROPY_THRESHOLDS,
@@ -106,17 +114,8 @@ from utils.segmentation import (
     threshold_grid,
     tune_background,
 )
-from utils.synthetic import CLASS_NAMES
-from utils.viz_segmentation import (
-    lowest_scores,
-    plot_class_heatmaps,
-    plot_methods_side_by_side,
-    plot_miou_bars,
-    plot_overlay,
-    plot_per_class_iou,
-    plot_worst_cases,
-)
-from utils.voc import (
+from utils.sources.synthetic import CLASS_NAMES
+from utils.sources.voc import (
     REAL_PHOTOS,
     VOC_PROMPT_NAMES,
     download_images,
@@ -125,6 +124,7 @@ from utils.voc import (
     read_split,
     voc_miou,
 )
+from utils.storage.pacl_io import load_pacl
 
 # %% [markdown]
 # ### Parameters
@@ -157,7 +157,7 @@ print(f"backbone={BACKBONE}  fast={FAST}  device={DEVICE}  voc={RUN_VOC}\noutput
 # `load_pacl` checks that the embedder was trained on *this* CLIP (it compares a hash of the
 # backbone's weights that notebook 02 stored with it): an embedder only makes sense on top of the
 # patches it was trained on. If notebooks 01 and 02 have not been run here, the next cell trains
-# both with `utils.demo`, the same recipe (a few minutes).
+# both with `utils.course.demo`, the same recipe (a few minutes).
 
 # %%
 if BACKBONE == "openai":
@@ -167,7 +167,7 @@ else:
     if not (CLIP_DIR / "clip_config.json").exists() or not (PACL_DIR / "pacl_config.json").exists():
         demo_dir = OUT_DIR / "demo"
         print(f"No CLIP in {CLIP_DIR} or no PACL in {PACL_DIR}: notebooks 01-02 have not been run "
-              f"here. Training both with utils.demo into {demo_dir}.")
+              f"here. Training both with utils.course.demo into {demo_dir}.")
         make_config = DemoConfig.fast if FAST else DemoConfig
         run_demo(make_config(data_root=str(synthetic_dataset(FAST)), out_dir=str(demo_dir),
                              **SYNTHETIC_SIZES["fast" if FAST else "full"]))
@@ -537,7 +537,7 @@ show(explorer_figure(example, colour_scores, colour_mask, colour_prompts,
 # ## 5 · Real images (Colab)
 #
 # With OpenAI's ViT-B/16 the same code runs on photographs. First a handful of public photos
-# (COCO val2017 and Wikimedia Commons, listed in `utils.voc.REAL_PHOTOS`), each with the VOC
+# (COCO val2017 and Wikimedia Commons, listed in `utils.sources.voc.REAL_PHOTOS`), each with the VOC
 # classes it shows plus a few that it does not, every method side by side. Then, optionally, a
 # quantitative check on Pascal VOC 2012 val: 20 object classes plus background, boundary pixels
 # (255) ignored. Offline these cells only say that they were skipped: the course's small CLIP has

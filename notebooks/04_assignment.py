@@ -73,9 +73,9 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+from utils.course.grading import check_exercise, check_experiment, summary
+from utils.course.notebook import fast_mode, synthetic_dataset
 from utils.data import load_split, locate_dataset
-from utils.grading import check_exercise, check_experiment, summary
-from utils.notebook import fast_mode, synthetic_dataset
 
 # %%
 # Parameters

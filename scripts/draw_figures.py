@@ -28,11 +28,11 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Polygon, Rectangle
 
-from utils.atomic import atomic_file
 from utils.backbones import CourseCLIPBackbone
 from utils.data import DatasetFiles, load_image, load_split, locate_dataset
 from utils.models import load_clip
-from utils.pacl_io import load_pacl
+from utils.plots.clip import save_figure
+from utils.plots.segmentation import class_palette, legend_handles, overlay_mask
 from utils.segmentation import (
     Segmenter,
     load_mask,
@@ -40,9 +40,9 @@ from utils.segmentation import (
     normalised_entropy,
     upsample_scores,
 )
-from utils.synthetic import CLASS_NAMES
-from utils.viz import save_figure
-from utils.viz_segmentation import class_palette, legend_handles, overlay_mask
+from utils.sources.synthetic import CLASS_NAMES
+from utils.storage.atomic import atomic_file
+from utils.storage.pacl_io import load_pacl
 
 matplotlib.use("Agg")  # a script: never open a window
 REPO_ROOT = Path(__file__).resolve().parents[1]

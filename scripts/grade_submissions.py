@@ -5,7 +5,7 @@
 Every ``*.ipynb`` under SUBMISSIONS_DIR is copied into its own temporary folder and executed there
 top to bottom in a fresh kernel (cells that raise do not stop the run), with its own data and
 outputs folders. A last cell, added by this script, re-checks every exercise with
-``utils.grading.grade_namespace`` on the functions the notebook defined. The CSV has one row per
+``utils.course.grading.grade_namespace`` on the functions the notebook defined. The CSV has one row per
 submission: the share of checks passed for each exercise (0 to 1; empty when the notebook never
 reached the grading cell) and an ``errors`` column (cells that raised, a timeout, a dead kernel).
 
@@ -30,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from utils.atomic import write_text_atomic
+from utils.storage.atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
-GRADING_CELL = ("from utils.grading import grade_namespace as _grade_namespace\n"
+GRADING_CELL = ("from utils.course.grading import grade_namespace as _grade_namespace\n"
                 "_grade_namespace(globals())")
 GRADING_CELL_S = 120    # the grading cell's own allowance (it re-runs the experiment of (e))
 WORKER_GRACE_S = GRADING_CELL_S + 60   # beyond the notebook's limit: the grading cell, start, stop
@@ -112,7 +112,7 @@ def _cell_errors(notebook, time_limit: float | None) -> list[str]:
 
 def _grades(grading_output: str) -> dict:
     """The grading cell's ``CLIP_PACL_GRADES {json}`` line as a dictionary ({} if absent)."""
-    from utils.grading import GRADES_MARKER
+    from utils.course.grading import GRADES_MARKER
 
     # The last such line: the grader's own, printed after anything the student's code printed.
     for line in reversed(grading_output.splitlines()):
@@ -125,7 +125,7 @@ def _grades(grading_output: str) -> dict:
 
 
 def _exercise_keys() -> list[str]:
-    from utils.grading import EXERCISES
+    from utils.course.grading import EXERCISES
 
     return [*EXERCISES, "e"]       # the checked functions, then the open experiment
 

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from utils.atomic import write_text_atomic
+from utils.storage.atomic import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

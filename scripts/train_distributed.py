@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from utils.course.demo import DemoConfig, demo_clip
 from utils.data import (
     CaptionCollator,
     ImageCaptionDataset,
@@ -34,7 +35,6 @@ from utils.data import (
     load_split,
     locate_dataset,
 )
-from utils.demo import DemoConfig, demo_clip
 from utils.distributed import (
     barrier,
     broadcast_from_rank_0,
@@ -46,7 +46,7 @@ from utils.distributed import (
 )
 from utils.evaluation import embed_split
 from utils.models import save_clip
-from utils.synthetic import ensure_captioned_shapes
+from utils.sources.synthetic import ensure_captioned_shapes
 from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import TrainConfig, clip_parameter_groups, fit, resolve_device
 

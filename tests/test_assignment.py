@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sync = load_script("scripts/sync_notebooks.py")
 grade_submissions = load_script("scripts/grade_submissions.py")
 
-FAKE_TIMEOUT_S = 30      # a fake submission only imports utils.grading: seconds, even when busy
+FAKE_TIMEOUT_S = 30      # a fake submission only imports utils.course.grading: seconds, even when busy
 
 
 def _cells(notebook: nbformat.NotebookNode) -> list[tuple]:
@@ -165,7 +165,7 @@ def test_the_solution_notebook_runs_cleanly_and_passes_every_check(tmp_path: Pat
 
 
 def test_grades_come_from_the_graders_own_last_line() -> None:
-    from utils.grading import GRADES_MARKER
+    from utils.course.grading import GRADES_MARKER
 
     printed = (f'{GRADES_MARKER} {{"a": {{"score": 1.0}}}}\nstudent output\n'
                f'{GRADES_MARKER} {{"a": {{"score": 0.25}}}}\n')

@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils import atomic
-from utils.atomic import atomic_file, atomic_folder, restore_interrupted_swap, write_text_atomic
+from utils.storage import atomic
+from utils.storage.atomic import (
+    atomic_file,
+    atomic_folder,
+    restore_interrupted_swap,
+    write_text_atomic,
+)
 
 
 def test_success_replaces_the_folder_with_normal_permissions(tmp_path):

@@ -20,13 +20,13 @@ from utils.data import (
     DatasetFormatError,
     ImageCaptionDataset,
     build_transform,
-    caption_positives,
     load_image,
     load_split,
     locate_dataset,
     read_captions,
     read_split,
 )
+from utils.positives import caption_positives
 from utils.tokenization import train_wordpiece_tokenizer
 
 # Image name -> captions. Captions with commas test the Kaggle CSV parsing, quotes the unquoting.

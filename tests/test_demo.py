@@ -9,10 +9,9 @@ import pytest
 import torch
 from repo_scripts import load_script
 
-from utils import demo, synthetic
 from utils.backbones import CourseCLIPBackbone
-from utils.data import load_split, locate_dataset
-from utils.demo import (
+from utils.course import demo
+from utils.course.demo import (
     DemoConfig,
     draw_dataset_in_child_process,
     ensure_demo_dataset,
@@ -21,9 +20,11 @@ from utils.demo import (
     run_demo,
     segment_splits,
 )
+from utils.data import load_split, locate_dataset
 from utils.models import load_clip
-from utils.pacl_io import load_pacl
 from utils.segmentation import THRESHOLD_RULES
+from utils.sources import synthetic
+from utils.storage.pacl_io import load_pacl
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_command_line_reuses_the_dataset(fast_run, capsys):
 
 
 def test_command_line_draws_the_dataset_that_run_demo_expects(tmp_path, monkeypatch):
-    # The command line draws the dataset in a child process (``python -m utils.synthetic``);
+    # The command line draws the dataset in a child process (``python -m utils.sources.synthetic``);
     # run_demo must then find it complete instead of drawing it a second time.
     config = DemoConfig.fast(data_root=str(tmp_path / "data"), num_train=12, num_dev=4,
                              num_test=4, seed=3, progress=False)

@@ -37,10 +37,10 @@ from utils.distributed import (
     mean_across_processes,
     own_rows,
 )
-from utils.feature_cache import text_id_positives
 from utils.models import CLIP, CLIPConfig
 from utils.pacl import PACL, pacl_batch_loss
-from utils.synthetic import generate_captioned_shapes
+from utils.positives import text_id_positives
+from utils.sources.synthetic import generate_captioned_shapes
 from utils.tokenization import build_tokenizer
 from utils.train import TrainConfig, clip_batch_loss, clip_parameter_groups, fit
 

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from utils.explorer import chosen_classes, parse_prompts, segmentation_explorer  # noqa: E402
-from utils.viz_segmentation import class_palette  # noqa: E402
+from utils.plots.explorer import chosen_classes, parse_prompts, segmentation_explorer  # noqa: E402
+from utils.plots.segmentation import class_palette  # noqa: E402
 
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230)}
 

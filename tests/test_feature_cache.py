@@ -1,4 +1,4 @@
-"""Tests for utils.feature_cache: the keyed, atomic cache of a frozen backbone's features, its
+"""Tests for utils.storage.feature_cache: the keyed, atomic cache of a frozen backbone's features, its
 batches, and training PACL's embedder from it."""
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip
 
 from utils.backbones import CourseCLIPBackbone
 from utils.data import load_image, load_split, locate_dataset
-from utils.feature_cache import (
+from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
+from utils.prompts import SHAPES_VOCABULARY, training_texts
+from utils.sources.synthetic import generate_captioned_shapes
+from utils.storage.feature_cache import (
     FeatureCache,
     PACLFeatureDataset,
     cache_features,
     pacl_feature_loader,
 )
-from utils.image_cache import cache_image_array
-from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
-from utils.prompts import SHAPES_VOCABULARY, training_texts
-from utils.synthetic import generate_captioned_shapes
+from utils.storage.image_cache import cache_image_array
 from utils.train import TrainConfig, fit
 
 

@@ -19,8 +19,8 @@ from http_fixture import LocalHTTPServer
 from PIL import Image
 
 from utils.data import ImageCaptionDataset, build_transform, load_split, locate_dataset
-from utils.download import DownloadError, download_file, extract_zip_atomic, md5sum
-from utils.flickr8k import (
+from utils.sources.download import DownloadError, download_file, extract_zip_atomic, md5sum
+from utils.sources.flickr8k import (
     FLICKR8K_TEXT_ARCHIVE,
     PREPARED_MARKER,
     SPLIT_FILES,

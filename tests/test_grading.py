@@ -1,4 +1,4 @@
-"""utils.grading: the checks accept the reference and reject realistic wrong answers, each with a
+"""utils.course.grading: the checks accept the reference and reject realistic wrong answers, each with a
 message instead of a traceback."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from utils import grading  # noqa: E402
-from utils.grading import EXERCISES, check_exercise, check_experiment, grade_namespace  # noqa: E402
+from utils.course import grading  # noqa: E402
+from utils.course.grading import EXERCISES, check_exercise, check_experiment, grade_namespace  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # (a) the CLIP loss: wrong answers students write

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from utils.data import ImageCaptionDataset, build_transform
-from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
+from utils.storage.image_cache import ArrayImageCaptionDataset, cache_image_array
 
 SIZES = {
     "landscape.jpg": (500, 375),

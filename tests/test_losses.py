@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.clip import modeling_clip
 
-from utils.losses import clip_logits, clip_loss, same_image_positives
+from utils.losses import clip_logits, clip_loss
+from utils.positives import same_image_positives
 
 
 def transformers_clip_loss(similarity: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,11 @@ import torch
 from utils.metrics import (
     iou_from_confusion,
     mean_iou,
-    positives_from_text_to_image,
     recall_at_k,
     retrieval_metrics,
     segmentation_confusion,
 )
+from utils.positives import positives_from_text_to_image
 
 
 def test_perfect_embeddings_give_recall_one():

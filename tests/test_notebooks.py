@@ -112,7 +112,7 @@ def test_has_one_parameters_cell_reading_fast_mode(path: Path) -> None:
                              f"starting with '# Parameters'), found {len(cells)}")
     assert "fast_mode()" in cells[0].source or "CLIP_PACL_FAST" in cells[0].source, (
         f"{path.name}: the parameters cell should switch FAST mode on from CLIP_PACL_FAST "
-        "(utils.notebook.fast_mode())")
+        "(utils.course.notebook.fast_mode())")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
@@ -171,12 +171,12 @@ def test_notebook_runs_in_fast_mode(path: Path, workspace: Path, monkeypatch: py
 
 
 # --------------------------------------------------------------------------------------------
-# utils.notebook
+# utils.course.notebook
 # --------------------------------------------------------------------------------------------
 
 def test_fast_mode_and_folders_follow_the_environment(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
-    from utils import notebook
+    from utils.course import notebook
 
     monkeypatch.delenv("CLIP_PACL_FAST", raising=False)
     assert not notebook.fast_mode()
@@ -196,7 +196,7 @@ def test_fast_mode_and_folders_follow_the_environment(monkeypatch: pytest.Monkey
 
 
 def test_format_table_aligns_columns() -> None:
-    from utils.notebook import format_table
+    from utils.course.notebook import format_table
 
     lines = format_table(["name", "value"], [("a", 0.5), ("longer", 12)]).splitlines()
     assert lines == ["name    value", "------  -----", "a       0.500", "longer     12"]

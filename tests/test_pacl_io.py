@@ -1,4 +1,4 @@
-"""Tests for utils.pacl_io: a trained PACL survives a save/load round trip, atomically."""
+"""Tests for utils.storage.pacl_io: a trained PACL survives a save/load round trip, atomically."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import pacl_io
 from utils.pacl import PACL
-from utils.pacl_io import load_pacl, save_pacl
+from utils.storage import pacl_io
+from utils.storage.pacl_io import load_pacl, save_pacl
 
 DIM = 8
 

@@ -18,7 +18,7 @@ from utils.prompts import (
     format_prompt,
     training_texts,
 )
-from utils.synthetic import render_sample
+from utils.sources.synthetic import render_sample
 
 
 def nouns_of(caption: str, vocabulary: PhraseVocabulary = FLICKR_VOCABULARY) -> list[str]:

@@ -18,9 +18,9 @@ from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip
 from utils.backbones import CourseCLIPBackbone
 from utils.models import save_clip
 from utils.pacl import PACL
-from utils.pacl_io import BACKBONE_KEY, save_pacl
 from utils.segmentation import load_mask
-from utils.synthetic import ensure_captioned_shapes
+from utils.sources.synthetic import ensure_captioned_shapes
+from utils.storage.pacl_io import BACKBONE_KEY, save_pacl
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -258,6 +258,30 @@ def test_every_message_the_readme_explains_is_one_the_package_can_raise():
     phrases = [phrase for row in table.splitlines()[2:]
                for phrase in re.findall(r"`([^`]+)`", row.split(" | ")[0])]
     assert len(phrases) >= 15
-    source = "\n".join(path.read_text(encoding="utf-8") for path in (REPO / "utils").glob("*.py"))
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (REPO / "utils").rglob("*.py"))
     missing = [phrase for phrase in phrases if phrase not in source]
     assert not missing, f"README quotes messages the package no longer has: {missing}"
+
+
+def test_every_module_of_the_package_is_in_the_readme_and_the_package_index():
+    """A module added without a line in the README's map or in utils/__init__.py's index fails."""
+    import utils
+
+    section = README.read_text(encoding="utf-8").split("## The `utils` package", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    index = utils.__doc__
+    package = REPO / "utils"
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        relative = path.relative_to(package).with_suffix("")
+        if len(relative.parts) == 1:
+            name = relative.parts[0]
+            assert f"`utils.{name}`" in section, f"README's package map lacks utils.{name}"
+            assert f"``{name}``" in index, f"utils/__init__.py's index lacks {name}"
+        else:
+            folder, name = relative.parts
+            row = next((line for line in section.splitlines()
+                        if line.startswith(f"| `utils/{folder}/`")), "")
+            assert f"`{name}`" in row, f"README's row for utils/{folder}/ lacks {name}"
+            assert f"``{folder}``" in index, f"utils/__init__.py's index lacks {folder}"

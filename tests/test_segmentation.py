@@ -32,7 +32,7 @@ from utils.segmentation import (
     tune_background,
     upsample_scores,
 )
-from utils.synthetic import CLASS_NAMES, generate_captioned_shapes
+from utils.sources.synthetic import CLASS_NAMES, generate_captioned_shapes
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for utils.synthetic: layout on disk, determinism, atomic writes and true captions."""
+"""Tests for utils.sources.synthetic: layout on disk, determinism, atomic writes and true captions."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import synthetic
-from utils.synthetic import (
+from utils.sources import synthetic
+from utils.sources.synthetic import (
     CLASS_NAMES,
     COLOURS,
     SHAPES,
@@ -383,7 +383,7 @@ def test_a_script_without_a_main_guard_still_gets_its_dataset(tmp_path: Path) ->
     so and draws the images itself."""
     script = tmp_path / "no_guard.py"
     script.write_text(
-        "from utils.synthetic import generate_captioned_shapes\n"
+        "from utils.sources.synthetic import generate_captioned_shapes\n"
         f"generate_captioned_shapes({str(tmp_path / 'made')!r}, num_train=20, num_dev=5, "
         "num_test=5, workers=2, progress=False)\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

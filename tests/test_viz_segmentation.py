@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from utils.viz_segmentation import (  # noqa: E402
+from utils.plots.segmentation import (  # noqa: E402
     BACKGROUND,
     IGNORE_COLOUR,
     class_palette,

@@ -16,9 +16,9 @@ import pytest
 from http_fixture import LocalHTTPServer
 from PIL import Image
 
-from utils.download import DownloadError, extract_tar_atomic, md5sum
 from utils.metrics import mean_iou
-from utils.voc import (
+from utils.sources.download import DownloadError, extract_tar_atomic, md5sum
+from utils.sources.voc import (
     VOC_ARCHIVE,
     VOC_CLASSES,
     VOC_PROMPT_NAMES,
@@ -234,7 +234,7 @@ def test_voc_miou_pools_pixels_over_images_with_and_without_background(
 
 
 # --------------------------------------------------------------------------------------------
-# Tar extraction (utils.download), as the VOC path uses it
+# Tar extraction (utils.sources.download), as the VOC path uses it
 # --------------------------------------------------------------------------------------------
 
 def test_tar_extraction_refuses_escaping_names_and_links(tmp_path: Path) -> None:

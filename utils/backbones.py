@@ -6,7 +6,7 @@ them: the *patch* embeddings of an image in the joint space (``[B, P, D]``), the
 interface; :class:`CourseCLIPBackbone` implements it for :class:`utils.models.CLIP` (notebook 01)
 and :class:`HFCLIPBackbone` for a Hugging Face ``CLIPModel`` such as OpenAI's ViT-B/16
 (:func:`load_hf_clip`). Its ``cache_key`` identifies the model, so cached features
-(:mod:`utils.feature_cache`) are never reused for another one.
+(:mod:`utils.storage.feature_cache`) are never reused for another one.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from .positives import caption_positives  # noqa: E402
 from .tokenization import (  # noqa: E402
     build_tokenizer,
     load_pretrained_tokenizer,
@@ -51,7 +52,6 @@ __all__ = [
     "ImageCaptionDataset",
     "build_tokenizer",
     "build_transform",
-    "caption_positives",
     "load_image",
     "load_pretrained_tokenizer",
     "load_split",
@@ -407,7 +407,7 @@ def _split_files_missing(root: Path, captions_file: Path, missing: list[str]) ->
             f"{root}: this looks like the Kaggle copy of Flickr8k ({captions_file.name}), which "
             f"has no split files; missing: {', '.join(missing)}. They come with the official "
             "text archive Flickr8k_text.zip: extract them into this folder, or call "
-            "utils.flickr8k.use_kaggle_copy(path), which fetches them and returns a folder to "
+            "utils.sources.flickr8k.use_kaggle_copy(path), which fetches them and returns a folder to "
             "pass here."
         )
     return DatasetFormatError(
@@ -681,28 +681,3 @@ class CaptionCollator:
         return batch
 
 
-def caption_positives(
-    captions_of_images: Sequence[Sequence[str]], texts: Sequence[str]
-) -> torch.Tensor:
-    """``positives[j, i]`` is True when ``texts[j]`` is one of image ``i``'s captions.
-
-    Captions are compared after ``strip().lower()``. Returns BoolTensor ``[num_texts,
-    num_images]``. On the synthetic set one caption ("a red circle") fits many images; retrieval
-    counts any of them as a hit.
-    """
-    images_with_caption: dict[str, list[int]] = {}
-    for image_index, captions in enumerate(captions_of_images):
-        for caption in _normalised(captions):
-            images_with_caption.setdefault(caption, []).append(image_index)
-    rows, columns = [], []
-    for text_index, text in enumerate(_normalised(texts)):
-        for image_index in images_with_caption.get(text, ()):
-            rows.append(text_index)
-            columns.append(image_index)
-    positives = torch.zeros(len(texts), len(captions_of_images), dtype=torch.bool)
-    positives[rows, columns] = True
-    return positives
-
-
-def _normalised(texts: Iterable[str]) -> Iterable[str]:
-    return (text.strip().lower() for text in texts)

@@ -35,6 +35,7 @@ from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 from utils.losses import clip_logits
 from utils.pacl import pacl_compatibility
+from utils.positives import caption_positives, text_id_positives
 
 # (image indices [N], texts [N]) of the global batch -> [N images, N texts] boolean positives.
 PositivesRule = Callable[[list[int], list], torch.Tensor]
@@ -211,18 +212,13 @@ def positives_of_rows(batch: dict, text_key: str, rule: PositivesRule | None
 
 def caption_positives_rule(captions_of_images: Sequence[Sequence[str]]) -> PositivesRule:
     """The rule of :class:`utils.data.CaptionCollator`: a caption fits every image it describes."""
-    # Imported here: utils.train imports this module, and utils.data would pull in transformers.
-    from utils.data import caption_positives
-
     def rule(image_index: list[int], captions: list) -> torch.Tensor:
         return caption_positives([captions_of_images[i] for i in image_index], captions).T
     return rule
 
 
 def text_id_positives_rule(image_text_ids: Sequence[Collection[int]]) -> PositivesRule:
-    """The rule of :class:`utils.feature_cache.PACLFeatureCollator`, on text ids."""
-    from utils.feature_cache import text_id_positives  # imported here, as above
-
+    """The rule of :class:`utils.storage.feature_cache.PACLFeatureCollator`, on text ids."""
     def rule(image_index: list[int], text_ids: list) -> torch.Tensor:
         return text_id_positives([image_text_ids[i] for i in image_index], torch.tensor(text_ids))
     return rule

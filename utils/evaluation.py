@@ -11,8 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from utils.data import ImageCaptionDataset, build_transform, caption_positives
+from utils.data import ImageCaptionDataset, build_transform
 from utils.metrics import retrieval_metrics
+from utils.positives import caption_positives
 
 
 @torch.no_grad()

@@ -23,15 +23,6 @@ def clip_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: to
     return logit_scale * image_emb @ text_emb.T
 
 
-def same_image_positives(image_ids: torch.Tensor) -> torch.Tensor:
-    """``[N, N]`` boolean matrix: pair ``(i, j)`` is positive when both come from the same image.
-
-    Use it with :func:`clip_loss` when a batch may hold several captions of one image
-    (Flickr8k has five), so those captions are not pushed apart as negatives.
-    """
-    return image_ids[:, None] == image_ids[None, :]
-
-
 def contrastive_loss_from_logits(logits: torch.Tensor, positives: torch.Tensor | None = None
                                  ) -> torch.Tensor:
     """Mean of the image->text (rows) and text->image (columns) cross-entropies of ``[N, N]`` logits.
@@ -72,7 +63,7 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
         text_emb: ``[N, D]`` text embeddings.
         logit_scale: positive scalar multiplier ``s`` (already exponentiated, e.g. ``1/0.07``).
         positives: optional ``[N, N]`` boolean, ``positives[i, j]`` = image ``i`` matches text ``j``
-            (for example :func:`same_image_positives`). Default: the identity.
+            (for example :func:`utils.positives.same_image_positives`). Default: the identity.
 
     Returns:
         Scalar loss.

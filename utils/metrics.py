@@ -8,15 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def positives_from_text_to_image(text_to_image: torch.Tensor, num_images: int) -> torch.Tensor:
-    """``[T] image index per caption`` -> ``[T, num_images]`` boolean positives matrix."""
-    text_to_image = torch.as_tensor(text_to_image, dtype=torch.long)
-    if text_to_image.numel() and (text_to_image.min() < 0 or text_to_image.max() >= num_images):
-        raise ValueError(f"text_to_image holds indices outside [0, {num_images})")
-    positives = torch.zeros(len(text_to_image), num_images, dtype=torch.bool)
-    positives[torch.arange(len(text_to_image)), text_to_image] = True
-    return positives
+from utils.positives import positives_from_text_to_image
 
 
 def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks: Sequence[int]

@@ -24,8 +24,13 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
-from utils.atomic import atomic_folder
-from utils.saved_files import SavedFileError, build_from_config, load_weights, read_json_object
+from utils.storage.atomic import atomic_folder
+from utils.storage.saved_files import (
+    SavedFileError,
+    build_from_config,
+    load_weights,
+    read_json_object,
+)
 
 IMAGE_ENCODERS = ("tiny_cnn", "tiny_vit", "resnet50", "vit_b_16")
 TEXT_ENCODERS = ("tiny_distilbert", "distilbert")

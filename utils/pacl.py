@@ -11,7 +11,7 @@ CLIP's joint space) to a new one, and the contrastive loss of CLIP is computed w
 
 Only the embedder (and the logit scale) learn. The frozen CLIP sits behind
 :class:`utils.backbones.FrozenBackbone`; since its outputs never change they are computed once by
-:func:`utils.feature_cache.cache_features`, and :func:`pacl_batch_loss` trains from those cached
+:func:`utils.storage.feature_cache.cache_features`, and :func:`pacl_batch_loss` trains from those cached
 features with :func:`utils.train.fit`.
 """
 

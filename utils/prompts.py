@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.synthetic import COLOURS, SHAPES, SIZES
+from utils.sources.synthetic import COLOURS, SHAPES, SIZES
 
 # Close to the short captions of the synthetic set ("a photo of ...", "an image of ...", "a circle"),
 # so the course's own tokenizer knows their words, and close to CLIP's usual prompts. No final

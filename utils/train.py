@@ -21,7 +21,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from utils.atomic import atomic_folder, write_text_atomic
 from utils.distributed import (
     barrier,
     data_parallel,
@@ -30,7 +29,8 @@ from utils.distributed import (
     rank,
 )
 from utils.losses import clip_loss
-from utils.saved_files import (
+from utils.storage.atomic import atomic_folder, write_text_atomic
+from utils.storage.saved_files import (
     SavedFileError,
     build_from_config,
     load_tensor_state,

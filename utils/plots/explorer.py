@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from utils.notebook import show
+from utils.course.notebook import show
+from utils.plots.segmentation import class_palette, legend_handles, overlay_mask
 from utils.prompts import normalise_text
-from utils.viz_segmentation import class_palette, legend_handles, overlay_mask
 
 SegmentFn = Callable[[np.ndarray, list[str], float], tuple[np.ndarray, np.ndarray]]
 
@@ -56,7 +56,7 @@ def explorer_figure(image: np.ndarray, scores: np.ndarray, mask: np.ndarray,
     if scores.shape != expected or mask.shape != image.shape[:2]:
         raise ValueError(f"segment_fn returned scores {scores.shape} and mask {mask.shape}; "
                          f"expected scores [C, H, W] = {expected} and mask [H, W] = "
-                         f"{image.shape[:2]} (see utils.explorer's docstring)")
+                         f"{image.shape[:2]} (see utils.plots.explorer's docstring)")
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.9))
     palette = class_palette(len(class_names))
     axes[0].imshow(image)

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import atomic_file, write_text_atomic
-from .data import ImageCaptionDataset, load_image
+from utils.data import ImageCaptionDataset, load_image
+from utils.storage.atomic import atomic_file, write_text_atomic
 
 
 def _read_json(path: Path) -> dict[str, object] | None:
@@ -182,7 +182,7 @@ def _rows_of(array_path: Path, names: list[str]) -> list[int]:
     if not array_path.is_file() or not manifest or "names" not in manifest:
         raise FileNotFoundError(
             f"{array_path} (with {sidecar.name}) is not a complete image array; build it with "
-            "utils.image_cache.cache_image_array."
+            "utils.storage.image_cache.cache_image_array."
         )
     shape = _array_shape(array_path)
     if shape is None or shape[0] != len(manifest["names"]) \
@@ -190,7 +190,7 @@ def _rows_of(array_path: Path, names: list[str]) -> list[int]:
         raise ValueError(
             f"{array_path} is damaged: it does not hold the {len(manifest['names'])} images "
             f"that {sidecar.name} lists (cut short or replaced). Call "
-            "utils.image_cache.cache_image_array again with the same arguments: it rebuilds it."
+            "utils.storage.image_cache.cache_image_array again with the same arguments: it rebuilds it."
         )
     row_of = {name: row for row, name in enumerate(manifest["names"])}
     missing = [name for name in names if name not in row_of]

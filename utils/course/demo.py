@@ -1,4 +1,4 @@
-"""The course's main job on the synthetic set: ``python -m utils.demo`` (what ``make demo`` runs).
+"""The course's main job on the synthetic set: ``python -m utils.course.demo`` (what ``make demo`` runs).
 
 The whole course in one run, on CPU:
 
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.atomic import write_text_atomic
 from utils.backbones import CourseCLIPBackbone
 from utils.data import (
     CaptionCollator,
@@ -38,14 +37,27 @@ from utils.data import (
     locate_dataset,
 )
 from utils.evaluation import SplitEmbeddings, embed_split
-from utils.feature_cache import cache_features, pacl_feature_loader
-from utils.image_cache import ArrayImageCaptionDataset, cache_image_array
 from utils.models import CLIP, CLIPConfig, save_clip
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
-from utils.pacl_io import BACKBONE_KEY, save_pacl
+from utils.plots.clip import (
+    plot_retrieval_gallery,
+    plot_similarity_matrix,
+    plot_training_curves,
+    save_figure,
+)
+from utils.plots.segmentation import (
+    lowest_scores,
+    plot_methods_side_by_side,
+    plot_miou_bars,
+    plot_worst_cases,
+)
 from utils.prompts import SHAPES_VOCABULARY, training_texts
 from utils.segmentation import Segmenter, run_segmentation, tune_background
-from utils.synthetic import CLASS_NAMES, ensure_captioned_shapes
+from utils.sources.synthetic import CLASS_NAMES, ensure_captioned_shapes
+from utils.storage.atomic import write_text_atomic
+from utils.storage.feature_cache import cache_features, pacl_feature_loader
+from utils.storage.image_cache import ArrayImageCaptionDataset, cache_image_array
+from utils.storage.pacl_io import BACKBONE_KEY, save_pacl
 from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import (
     History,
@@ -54,18 +66,6 @@ from utils.train import (
     clip_parameter_groups,
     fit,
     seed_everything,
-)
-from utils.viz import (
-    plot_retrieval_gallery,
-    plot_similarity_matrix,
-    plot_training_curves,
-    save_figure,
-)
-from utils.viz_segmentation import (
-    lowest_scores,
-    plot_methods_side_by_side,
-    plot_miou_bars,
-    plot_worst_cases,
 )
 
 SHAPE_CLASSES = list(CLASS_NAMES[1:])  # what segmentation looks for; 0 is the background
@@ -125,19 +125,19 @@ def ensure_demo_dataset(config: DemoConfig) -> Path:
 
 
 def draw_dataset_in_child_process(config: DemoConfig) -> None:
-    """Run ``python -m utils.synthetic`` for ``config``'s dataset: it returns at once when the
+    """Run ``python -m utils.sources.synthetic`` for ``config``'s dataset: it returns at once when the
     dataset is there, and draws it otherwise. :func:`ensure_demo_dataset` then finds it complete.
 
     Why a child process, for the command line: the generator shares the drawing among spawned
     worker processes, and a spawned process starts by importing its parent's main module. Under
-    ``python -m utils.demo`` that module is this one, with torch and transformers behind it: each
+    ``python -m utils.course.demo`` that module is this one, with torch and transformers behind it: each
     worker spent about 6 s importing them before drawing a shape (8000 images: 20 s instead of
     14 s on 2 cores). The generator's own entry point leaves its workers light. (In a notebook the
     main module is the kernel's launcher, which is light already.)
     """
     flags = [text for name, value in _dataset_arguments(config).items()       # --num-train 6000
              for text in (f"--{name.replace('_', '-')}", str(value))]
-    command = [sys.executable, "-m", "utils.synthetic", "--root",
+    command = [sys.executable, "-m", "utils.sources.synthetic", "--root",
                str(Path(config.data_root).resolve()), *flags,
                *([] if config.progress else ["--no-progress"])]
     subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
@@ -155,7 +155,7 @@ def demo_clip(config: DemoConfig, tokenizer) -> CLIP:
 def demo_train_loader(config: DemoConfig, tokenizer, train_items: list,
                       train_images: Path) -> DataLoader:
     """Shuffled, augmented training batches from the decoded training images (the ``.npy`` file
-    of :func:`utils.image_cache.cache_image_array`), ``config.captions_per_image`` captions per
+    of :func:`utils.storage.image_cache.cache_image_array`), ``config.captions_per_image`` captions per
     image."""
     return DataLoader(
         ArrayImageCaptionDataset(train_images, train_items,
@@ -242,7 +242,7 @@ def train_pacl(config: DemoConfig, backbone: CourseCLIPBackbone, files: DatasetF
     """PACL on the frozen CLIP: training texts -> feature cache (under ``out_dir/cache``, reused
     when it is there) -> trained vision embedder.
 
-    ``train_images`` is CLIP's decoded training array (:func:`utils.image_cache.cache_image_array`),
+    ``train_images`` is CLIP's decoded training array (:func:`utils.storage.image_cache.cache_image_array`),
     read again here instead of the PNGs.
 
     Each image's texts are the object phrases its captions name ("circle", "red circle", "large

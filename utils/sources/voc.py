@@ -15,7 +15,7 @@ colours you see in an image viewer are only the palette: read the indices (``np.
 grey levels.
 
 :func:`prepare_voc` downloads the 2 GB archive (resumable, MD5-checked, see
-:mod:`utils.download`) and extracts only the segmentation part (~2900 JPEGs with masks, not all
+:mod:`utils.sources.download`) and extracts only the segmentation part (~2900 JPEGs with masks, not all
 17,125), atomically. :func:`load_voc_split` reads images and masks back, with a cap.
 """
 
@@ -32,8 +32,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from utils.data import DatasetFormatError, load_image
-from utils.download import DownloadError, download_file, extract_tar_atomic, tar_member_names
 from utils.metrics import iou_from_confusion, segmentation_confusion
+from utils.sources.download import (
+    DownloadError,
+    download_file,
+    extract_tar_atomic,
+    tar_member_names,
+)
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"

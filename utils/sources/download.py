@@ -1,6 +1,6 @@
 """Download and unpack archives safely: resumable verified downloads, atomic extraction.
 
-Shared by every dataset the course fetches (:mod:`utils.flickr8k`, :mod:`utils.voc`):
+Shared by every dataset the course fetches (:mod:`utils.sources.flickr8k`, :mod:`utils.sources.voc`):
 
 - :func:`download_file` streams a URL into ``<dest>.part``, resumes a cut download with an HTTP
   Range request, checks the MD5 and only then renames the file to its final name;
@@ -24,7 +24,7 @@ from urllib.request import Request, urlopen
 
 from tqdm.auto import tqdm
 
-from utils.atomic import atomic_folder
+from utils.storage.atomic import atomic_folder
 
 MACOS_METADATA = "__MACOSX/"  # resource-fork copies ("._name") zipped on a Mac: not data
 

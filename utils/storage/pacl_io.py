@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_model
 
-from utils.atomic import atomic_folder
 from utils.pacl import PACL
-from utils.saved_files import build_from_config, load_weights, read_json_object
+from utils.storage.atomic import atomic_folder
+from utils.storage.saved_files import build_from_config, load_weights, read_json_object
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "pacl_config.json"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from utils.atomic import atomic_folder
 from utils.backbones import FrozenBackbone
 from utils.data import ImageCaptionDataset
-from utils.image_cache import ArrayImageCaptionDataset, images_fingerprint
+from utils.positives import text_id_positives
+from utils.storage.atomic import atomic_folder
+from utils.storage.image_cache import ArrayImageCaptionDataset, images_fingerprint
 
 CACHE_FORMAT = 1
 PATCHES_FILE = "patch_emb.npy"
@@ -63,7 +64,7 @@ class FeatureCache:
         folder = Path(folder)
         if not (folder / MANIFEST_FILE).is_file():
             raise FileNotFoundError(f"{folder} holds no {MANIFEST_FILE}: not a PACL feature cache "
-                                    "(build one with utils.feature_cache.cache_features)")
+                                    "(build one with utils.storage.feature_cache.cache_features)")
         try:
             manifest = json.loads((folder / MANIFEST_FILE).read_text())
             cache = cls(folder, manifest["image_names"], manifest["texts"],
@@ -100,7 +101,7 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
             augmentation: the cache holds one view of each image).
         cache_dir: parent folder of the caches.
         dataset_key: names the image set (e.g. ``"flickr8k-train"``); part of the cache's key.
-        image_array: optional :func:`utils.image_cache.cache_image_array` file of these images at
+        image_array: optional :func:`utils.storage.image_cache.cache_image_array` file of these images at
             ``image_size``: their pixels are read from it instead of decoding ``images_dir``'s
             files. The tensors are the same, so is the cache (and its key); only the decoding is
             skipped (the demo trained its CLIP from such an array already).
@@ -108,7 +109,7 @@ def cache_features(backbone: FrozenBackbone, images_dir: str | Path,
     Returns:
         The :class:`FeatureCache`. It lives in ``cache_dir/<dataset_key>_<size>px_<hash>/``, the
         hash covering ``backbone.cache_key``, ``dataset_key``, ``image_size``, the items and the
-        image files' bytes (:func:`utils.image_cache.images_fingerprint`), so a different model,
+        image files' bytes (:func:`utils.storage.image_cache.images_fingerprint`), so a different model,
         dataset, size, text set or edited image never reuses a stale cache, and a second call
         with the same inputs reuses it without touching the backbone. The folder is built under a
         temporary name and renamed into place: it is either complete or absent.
@@ -239,18 +240,6 @@ class PACLFeatureDataset(Dataset):
         return {"patch_emb": torch.from_numpy(np.array(self.cache.patch_emb[index])),
                 "text_id": text_ids[int(torch.randint(len(text_ids), ()))],
                 "image_index": index}
-
-
-def text_id_positives(image_text_ids: Sequence[Collection[int]], text_ids: torch.Tensor
-                      ) -> torch.Tensor:
-    """``[B, B]`` boolean: ``positives[i, j]`` when text ``j`` of the batch is one of image ``i``'s.
-
-    ``image_text_ids[i]`` holds the text indices of the batch's image ``i``. Equal strings share an
-    index, so a prompt such as "a photo of a dog." counts as a match for every image it fits,
-    not as a negative.
-    """
-    return torch.stack([torch.isin(text_ids, torch.as_tensor(list(ids), dtype=text_ids.dtype))
-                        for ids in image_text_ids])
 
 
 class PACLFeatureCollator:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from utils.atomic import atomic_file
+from utils.storage.atomic import atomic_file
 
 HIT_COLOUR, MISS_COLOUR = "#2ca02c", "#d62728"
 

@@ -66,7 +66,9 @@ def outputs_dir(name: str) -> Path:
 
 def synthetic_dataset(fast: bool, image_size: int = 64, progress: bool = True) -> Path:
     """Generate (once) and return the captioned-shapes folder for the fast or the full size."""
-    from utils.synthetic import ensure_captioned_shapes  # keeps `import utils.notebook` light
+    from utils.sources.synthetic import (
+        ensure_captioned_shapes,  # keeps `import utils.course.notebook` light
+    )
 
     size = "fast" if fast else "full"
     return ensure_captioned_shapes(data_dir() / SYNTHETIC_FOLDERS[size], image_size=image_size,

@@ -41,8 +41,9 @@ from matplotlib.figure import Figure
 
 from utils.losses import clip_loss as reference_clip_loss
 from utils.metrics import mean_iou as reference_mean_iou
-from utils.metrics import positives_from_text_to_image, recall_at_k
+from utils.metrics import recall_at_k
 from utils.pacl import pacl_compatibility as reference_pacl_compatibility
+from utils.positives import positives_from_text_to_image
 
 GRADES_MARKER = "CLIP_PACL_GRADES"   # the line grade_namespace prints starts with it
 MIN_ANSWER_WORDS = 50
@@ -532,7 +533,7 @@ def check_experiment(run_experiment: Callable[[], Figure] | None, answer: str | 
                                   for ax in fig.axes if ax.has_data()),
                 words >= MIN_ANSWER_WORDS]
     if is_figure and display:
-        from utils.notebook import show
+        from utils.course.notebook import show
 
         show(fig)
     elif is_figure:

@@ -4,7 +4,7 @@ A saved file can be cut short by a full disk, replaced by another model's, or ed
 The libraries underneath then fail with messages that name neither the file nor a way out
 (safetensors' "incomplete metadata", torch's "size mismatch for ...", a TypeError from a
 constructor). Every loader of the package (:func:`utils.models.load_clip`,
-:func:`utils.train.load_checkpoint` behind ``fit(resume=True)``, :func:`utils.pacl_io.load_pacl`)
+:func:`utils.train.load_checkpoint` behind ``fit(resume=True)``, :func:`utils.storage.pacl_io.load_pacl`)
 reads through these functions instead, which turn any such failure into a :class:`SavedFileError`
 (a missing file into a ``FileNotFoundError``) naming the file, saying what is wrong and ending with
 the caller's ``remedy``.

@@ -8,7 +8,7 @@ the course runs the same code on this set and on Flickr8k; ``masks/``, ``classes
 
 Generation is deterministic: image ``i`` is drawn from its own random generator seeded with
 ``(seed, i)``, so the same arguments give byte-identical files. Run it from the repository root with
-``python -m utils.synthetic --root data/captioned_shapes``.
+``python -m utils.sources.synthetic --root data/captioned_shapes``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from utils.atomic import atomic_folder
+from utils.storage.atomic import atomic_folder
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 # Saturated colours far apart in hue, and far from the low-saturation backgrounds.

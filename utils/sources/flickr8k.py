@@ -9,7 +9,7 @@ Two ways in:
   ``captions.txt``), which lacks the split files: it fetches only the small text archive for them.
 
 Every write is atomic (temp path in the same folder, then ``os.replace``; the download and
-extraction helpers live in :mod:`utils.download`), so an interrupted run never leaves a file or
+extraction helpers live in :mod:`utils.sources.download`), so an interrupted run never leaves a file or
 folder that looks finished but is not; running again resumes.
 """
 
@@ -20,8 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
-from utils.atomic import atomic_file, write_text_atomic
-from utils.download import MACOS_METADATA, download_file, extract_zip_atomic, open_zip
+from utils.sources.download import MACOS_METADATA, download_file, extract_zip_atomic, open_zip
+from utils.storage.atomic import atomic_file, write_text_atomic
 
 FLICKR8K_BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
 FLICKR8K_TEXT_ARCHIVE = "Flickr8k_text.zip"
