@@ -26,9 +26,10 @@ import torch
 
 from utils.course.demo import DemoConfig, demo_clip, demo_train_loader, ensure_demo_dataset
 from utils.data import load_split, locate_dataset
+from utils.losses import clip_batch_loss
+from utils.models import clip_parameter_groups
 from utils.storage.image_cache import cache_image_array
 from utils.tokenization import train_wordpiece_tokenizer
-from utils.train import clip_batch_loss, clip_parameter_groups
 
 
 def milliseconds(run, batches: list[dict]) -> float:

@@ -38,7 +38,8 @@ from utils.data import (
     load_split,
     locate_dataset,
 )
-from utils.models import CLIP, CLIPConfig
+from utils.losses import clip_batch_loss
+from utils.models import CLIP, CLIPConfig, clip_parameter_groups
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
 from utils.prompts import SHAPES_VOCABULARY, training_texts
 from utils.segmentation import Segmenter, run_segmentation
@@ -46,8 +47,6 @@ from utils.storage.feature_cache import cache_features, pacl_feature_loader
 from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import (
     TrainConfig,
-    clip_batch_loss,
-    clip_parameter_groups,
     fit,
     move_to,
 )

@@ -3,6 +3,9 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/01_clip_from_scratch.ipynb)
 #
+# To see what it shows before running anything: [this notebook run in full offline](executed/01_clip_from_scratch.ipynb),
+# with every output and figure, on a 2-core CPU.
+#
 # CLIP (Radford et al., 2021, *Learning Transferable Visual Models From Natural Language
 # Supervision*) trains an image encoder and a text encoder together, so that an image and a caption
 # that describes it end up close in one shared space. This notebook builds it from the loss up and
@@ -82,13 +85,10 @@ from torch.utils.data import DataLoader
 
 from utils.course.notebook import (
     IN_COLAB,
-    caption_ranking,
-    confusion_matrix,
     count_parameters,
     data_dir,
     fast_mode,
     format_table,
-    image_grid,
     outputs_dir,
     pick_device,
     repo_root,
@@ -106,11 +106,18 @@ from utils.data import (
     train_wordpiece_tokenizer,
 )
 from utils.evaluation import embed_split, embed_texts
-from utils.losses import clip_loss
-from utils.models import CLIP, CLIPConfig, save_clip
-from utils.plots.clip import plot_retrieval_gallery, plot_similarity_matrix, plot_training_curves
+from utils.losses import clip_batch_loss, clip_loss
+from utils.models import CLIP, CLIPConfig, clip_parameter_groups, save_clip
+from utils.plots.clip import (
+    caption_ranking,
+    confusion_matrix,
+    image_grid,
+    plot_retrieval_gallery,
+    plot_similarity_matrix,
+    plot_training_curves,
+)
 from utils.sources.synthetic import COLOURS, SHAPES
-from utils.train import TrainConfig, clip_batch_loss, clip_parameter_groups, fit, seed_everything
+from utils.train import TrainConfig, fit, seed_everything
 
 # %% [markdown]
 # ### Parameters

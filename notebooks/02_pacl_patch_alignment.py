@@ -3,6 +3,9 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/02_pacl_patch_alignment.ipynb)
 #
+# To see what it shows before running anything: [this notebook run in full offline](executed/02_pacl_patch_alignment.ipynb),
+# with every output and figure, on a 2-core CPU.
+#
 # CLIP compares a whole image with a whole sentence. It cannot tell you *where* in the image the
 # sentence applies. PACL (Mukhoti et al., CVPR 2023, *Open Vocabulary Semantic Segmentation with
 # Patch Aligned Contrastive Learning*) keeps a trained CLIP frozen and trains one small module on top

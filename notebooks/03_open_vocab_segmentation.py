@@ -3,6 +3,9 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/03_open_vocab_segmentation.ipynb)
 #
+# To see what it shows before running anything: [this notebook run in full offline](executed/03_open_vocab_segmentation.ipynb),
+# with every output and figure, on a 2-core CPU.
+#
 # Notebook 02 trained PACL's small vision embedder so that a frozen CLIP's **patches** line up with
 # text. This notebook cashes that in: given any list of class *names*, it colours every pixel of an
 # image with the class it matches, or with "background". No mask was used in training; the
@@ -114,14 +117,13 @@ from utils.segmentation import (
     threshold_grid,
     tune_background,
 )
+from utils.sources.photos import REAL_PHOTOS, download_images
 from utils.sources.synthetic import CLASS_NAMES
 from utils.sources.voc import (
-    REAL_PHOTOS,
     VOC_PROMPT_NAMES,
-    download_images,
     load_voc_split,
     prepare_voc,
-    read_split,
+    read_voc_split,
     voc_miou,
 )
 from utils.storage.pacl_io import load_pacl
@@ -537,7 +539,7 @@ show(explorer_figure(example, colour_scores, colour_mask, colour_prompts,
 # ## 5 · Real images (Colab)
 #
 # With OpenAI's ViT-B/16 the same code runs on photographs. First a handful of public photos
-# (COCO val2017 and Wikimedia Commons, listed in `utils.sources.voc.REAL_PHOTOS`), each with the VOC
+# (COCO val2017 and Wikimedia Commons, listed in `utils.sources.photos.REAL_PHOTOS`), each with the VOC
 # classes it shows plus a few that it does not, every method side by side. Then, optionally, a
 # quantitative check on Pascal VOC 2012 val: 20 object classes plus background, boundary pixels
 # (255) ignored. Offline these cells only say that they were skipped: the course's small CLIP has
@@ -581,7 +583,7 @@ def voc_run(voc_segmenter, sample):
 voc_results = {}
 if RUN_VOC:
     voc_dir = prepare_voc(DATA_DIR / "voc")
-    num_val = len(read_split(voc_dir, "val", VOC_MAX_IMAGES))
+    num_val = len(read_voc_split(voc_dir, "val", VOC_MAX_IMAGES))
     for method in METHODS:
         voc_segmenter = Segmenter(backbone, list(VOC_PROMPT_NAMES), method=method, pacl=pacl)
         voc_choice = tune_background([voc_run(voc_segmenter, sample) for sample in

@@ -45,10 +45,10 @@ from utils.distributed import (
     world_size,
 )
 from utils.evaluation import embed_split
-from utils.models import save_clip
+from utils.models import clip_parameter_groups, save_clip
 from utils.sources.synthetic import ensure_captioned_shapes
 from utils.tokenization import train_wordpiece_tokenizer
-from utils.train import TrainConfig, clip_parameter_groups, fit, resolve_device
+from utils.train import TrainConfig, fit, resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

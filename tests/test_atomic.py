@@ -87,7 +87,17 @@ def _interrupt_after_first_rename(monkeypatch):
     return renames
 
 
-def test_ctrl_c_between_the_two_renames_of_a_swap_loses_nothing(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal or Jupyter, even where this test process
+    was started with SIGINT ignored (a background job of a script, as CI may run)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_between_the_two_renames_of_a_swap_loses_nothing(tmp_path, monkeypatch,
+                                                                  ctrl_c_raises):
     target = tmp_path / "model"
     target.mkdir()
     (target / "old.txt").write_text("old")

@@ -37,12 +37,13 @@ from utils.distributed import (
     mean_across_processes,
     own_rows,
 )
-from utils.models import CLIP, CLIPConfig
+from utils.losses import clip_batch_loss
+from utils.models import CLIP, CLIPConfig, clip_parameter_groups
 from utils.pacl import PACL, pacl_batch_loss
 from utils.positives import text_id_positives
 from utils.sources.synthetic import generate_captioned_shapes
 from utils.tokenization import build_tokenizer
-from utils.train import TrainConfig, clip_batch_loss, clip_parameter_groups, fit
+from utils.train import TrainConfig, fit
 
 WORLD = 2
 LOCAL_BATCH = 4

@@ -128,6 +128,38 @@ def test_shell_commands_only_inside_colab_guard(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Executed copies: the full offline runs, committed so that results can be read without running
+# --------------------------------------------------------------------------------------------
+
+EXECUTED_DIR = NOTEBOOK_DIR / "executed"
+TEACHING = [path for path in NOTEBOOKS if not path.name.startswith("04_")]
+
+
+def _code(notebook: nbformat.NotebookNode) -> list[str]:
+    return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", TEACHING, ids=_ids)
+def test_executed_copy_ran_todays_code_to_the_end(path: Path) -> None:
+    executed_path = EXECUTED_DIR / path.name
+    rerun = ("run `.venv/bin/python scripts/run_notebooks.py --only 01 02 03 --out "
+             "notebooks/executed` and commit the copies")
+    assert executed_path.is_file(), f"no executed copy of {path.name}: {rerun}"
+    executed = _read(executed_path)
+    assert _code(executed) == _code(_read(path)), (
+        f"notebooks/executed/{path.name} ran other code than {path.name} holds now: {rerun}")
+    code_cells = [cell for cell in executed.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count is not None for cell in code_cells), (
+        f"notebooks/executed/{path.name} did not run every cell")
+    errors = [cell.source[:60] for cell in code_cells
+              if any(output.output_type == "error" for output in cell.outputs)]
+    assert not errors, f"notebooks/executed/{path.name}: cells ended in an error: {errors}"
+    figures = sum("image/png" in output.get("data", {}) for cell in code_cells
+                  for output in cell.outputs)
+    assert figures >= 3, f"notebooks/executed/{path.name} shows {figures} figures"
+
+
+# --------------------------------------------------------------------------------------------
 # Smoke runs
 # --------------------------------------------------------------------------------------------
 

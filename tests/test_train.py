@@ -6,11 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from utils.models import CLIP, CLIPConfig
+from utils.losses import clip_batch_loss
+from utils.models import CLIP, CLIPConfig, clip_parameter_groups
 from utils.train import (
     TrainConfig,
-    clip_batch_loss,
-    clip_parameter_groups,
     fit,
     latest_checkpoint,
     load_checkpoint,

@@ -18,15 +18,15 @@ from PIL import Image
 
 from utils.metrics import mean_iou
 from utils.sources.download import DownloadError, extract_tar_atomic, md5sum
+from utils.sources.photos import download_images
 from utils.sources.voc import (
     VOC_ARCHIVE,
     VOC_CLASSES,
     VOC_PROMPT_NAMES,
-    download_images,
     load_voc_mask,
     load_voc_split,
     prepare_voc,
-    read_split,
+    read_voc_split,
     voc_miou,
 )
 
@@ -149,7 +149,7 @@ def test_prepare_resumes_a_cut_download(server: LocalHTTPServer, served: Path,
     assert not (tmp_path / "voc" / "VOCdevkit").exists()
     voc_dir = _prepare(server, served, tmp_path / "voc")
     assert server.requests[-1].range_header == "bytes=3000-"
-    assert read_split(voc_dir) == VAL
+    assert read_voc_split(voc_dir) == VAL
 
 
 def test_prepare_rejects_a_wrong_checksum_and_an_archive_without_val(
@@ -196,7 +196,7 @@ def test_load_split_in_file_order_with_a_cap(server: LocalHTTPServer, served: Pa
         assert SEGMENTED[sample.name] in sample.mask
     assert [s.name for s in load_voc_split(voc_dir, "train")] == TRAIN
     with pytest.raises(FileNotFoundError, match="test.txt"):
-        read_split(voc_dir, "test")
+        read_voc_split(voc_dir, "test")
 
 
 def test_load_split_detects_an_image_and_mask_of_different_sizes(

@@ -607,7 +607,7 @@ class CaptionCollator:
     The text encoder is cheap next to the image encoder, so every image gets ``K`` captions'
     worth of gradient for little extra time. The batch then also holds ``caption_owner``
     ``LongTensor[B * K]`` (the image of each text), and ``positives`` is ``[B * K, B * K]``, one row
-    per text's owner image: :func:`utils.train.clip_batch_loss` repeats each image embedding once
+    per text's owner image: :func:`utils.losses.clip_batch_loss` repeats each image embedding once
     per caption it brought, so the loss keeps CLIP's square form.
     """
 

@@ -230,7 +230,7 @@ def gathered_clip_loss(captions_of_images: Sequence[Sequence[str]] | None = None
 
     Each process scores its ``B`` images against the ``N`` gathered texts and its ``B`` texts
     against the ``N`` gathered images (``[B, N]`` logits each). Alone it equals
-    :func:`utils.train.clip_batch_loss`. Pass the collator's ``captions_of_images`` when the
+    :func:`utils.losses.clip_batch_loss`. Pass the collator's ``captions_of_images`` when the
     batches carry ``positives``. With several captions per image (``caption_owner``), each image
     embedding is repeated once per caption it brought, as in ``clip_batch_loss``: ``B`` then
     counts texts.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def clip_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float
@@ -69,3 +70,17 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
         Scalar loss.
     """
     return contrastive_loss_from_logits(clip_logits(image_emb, text_emb, logit_scale), positives)
+
+
+def clip_batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """CLIP loss of one collated batch; uses ``batch["positives"]`` when present.
+
+    With several captions per image (``batch["caption_owner"]``, see
+    :class:`utils.data.CaptionCollator`), each image embedding is repeated once per caption it
+    brought: the same loss as encoding the repeated images, without encoding them again.
+    """
+    image_emb, text_emb, logit_scale = model(batch["images"], batch["input_ids"],
+                                             batch["attention_mask"])
+    if "caption_owner" in batch:
+        image_emb = image_emb[batch["caption_owner"]]                     # [B * K, D]
+    return clip_loss(image_emb, text_emb, logit_scale, positives=batch.get("positives"))

@@ -452,3 +452,17 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu"):
         raise SavedFileError(f"{folder}: its tokenizer files cannot be read ({error}). "
                              f"{RETRAIN_CLIP}") from error
     return model.to(device).eval(), tokenizer
+
+
+def clip_parameter_groups(model: nn.Module, encoder_lr: float, head_lr: float,
+                          weight_decay: float = 0.1) -> list[dict]:
+    """AdamW groups: encoders and heads get their own learning rates (pretrained encoders want a
+    small one, fresh heads a larger one). Biases, norms and the temperature get no weight decay."""
+    groups = []
+    for params, lr in ((model.encoder_parameters(), encoder_lr), (model.head_parameters(), head_lr)):
+        params = [p for p in params if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups += [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]

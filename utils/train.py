@@ -1,7 +1,8 @@
 """A readable training loop: AdamW, warm-up + cosine schedule, clipping, AMP on CUDA, checkpoints.
 
 The loop knows nothing about CLIP or PACL: it takes parameter groups and a ``loss_fn(model, batch)``.
-:func:`clip_parameter_groups` and :func:`clip_batch_loss` plug CLIP into it; PACL plugs in its own.
+:func:`utils.models.clip_parameter_groups` and :func:`utils.losses.clip_batch_loss` plug CLIP into
+it; :mod:`utils.pacl` has PACL's own.
 Started by ``torchrun`` it trains on several processes (see :mod:`utils.distributed`).
 """
 
@@ -28,7 +29,6 @@ from utils.distributed import (
     mean_across_processes,
     rank,
 )
-from utils.losses import clip_loss
 from utils.storage.atomic import atomic_folder, write_text_atomic
 from utils.storage.saved_files import (
     SavedFileError,
@@ -83,34 +83,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 -- the global generator other libraries draw from
     torch.manual_seed(seed)
-
-
-def clip_parameter_groups(model: nn.Module, encoder_lr: float, head_lr: float,
-                          weight_decay: float = 0.1) -> list[dict]:
-    """AdamW groups: encoders and heads get their own learning rates (pretrained encoders want a
-    small one, fresh heads a larger one). Biases, norms and the temperature get no weight decay."""
-    groups = []
-    for params, lr in ((model.encoder_parameters(), encoder_lr), (model.head_parameters(), head_lr)):
-        params = [p for p in params if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups += [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def clip_batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """CLIP loss of one collated batch; uses ``batch["positives"]`` when present.
-
-    With several captions per image (``batch["caption_owner"]``, see
-    :class:`utils.data.CaptionCollator`), each image embedding is repeated once per caption it
-    brought: the same loss as encoding the repeated images, without encoding them again.
-    """
-    image_emb, text_emb, logit_scale = model(batch["images"], batch["input_ids"],
-                                             batch["attention_mask"])
-    if "caption_owner" in batch:
-        image_emb = image_emb[batch["caption_owner"]]                     # [B * K, D]
-    return clip_loss(image_emb, text_emb, logit_scale, positives=batch.get("positives"))
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0

@@ -37,7 +37,8 @@ from utils.data import (
     locate_dataset,
 )
 from utils.evaluation import SplitEmbeddings, embed_split
-from utils.models import CLIP, CLIPConfig, save_clip
+from utils.losses import clip_batch_loss
+from utils.models import CLIP, CLIPConfig, clip_parameter_groups, save_clip
 from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
 from utils.plots.clip import (
     plot_retrieval_gallery,
@@ -62,8 +63,6 @@ from utils.tokenization import train_wordpiece_tokenizer
 from utils.train import (
     History,
     TrainConfig,
-    clip_batch_loss,
-    clip_parameter_groups,
     fit,
     seed_everything,
 )
@@ -140,7 +139,7 @@ def draw_dataset_in_child_process(config: DemoConfig) -> None:
     command = [sys.executable, "-m", "utils.sources.synthetic", "--root",
                str(Path(config.data_root).resolve()), *flags,
                *([] if config.progress else ["--no-progress"])]
-    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def demo_clip(config: DemoConfig, tokenizer) -> CLIP:

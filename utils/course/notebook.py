@@ -8,20 +8,18 @@ Nothing here is course content; it keeps the notebooks' cells short and their pa
   the repository root, moved elsewhere by ``CLIP_PACL_DATA`` / ``CLIP_PACL_OUTPUTS``.
 - ``synthetic_dataset(fast)``: the captioned-shapes set every notebook uses offline (one folder
   for the full size, one for the fast size, so switching never regenerates the other).
-- ``show(fig)``, ``image_grid``, ``caption_ranking``, ``confusion_matrix``, ``format_table``:
-  display helpers.
+- ``show(fig)``, ``format_table``: display helpers (the figures themselves are in
+  :mod:`utils.plots`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -39,7 +37,6 @@ SYNTHETIC_SIZES = {
 }
 SYNTHETIC_FOLDERS = {"full": "captioned_shapes", "fast": "captioned_shapes_fast"}
 
-HIT_COLOUR, MISS_COLOUR = "#2ca02c", "#d62728"
 
 
 def fast_mode() -> bool:
@@ -49,7 +46,7 @@ def fast_mode() -> bool:
 
 def repo_root() -> Path:
     """The repository's root folder (the one holding ``utils/`` and ``notebooks/``)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:
@@ -111,67 +108,3 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
                       *(line(row) for row in cells[1:])])
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 4,
-               width: int = 34, title_size: float = 7.5) -> Figure:
-    """Images in a grid, each with a multi-line title underneath (lines wrapped at ``width``)."""
-    wrapped = ["\n".join(textwrap.fill(line, width) for line in t.split("\n")) for t in titles]
-    rows = -(-len(images) // columns)
-    width = 2.6                                                    # inches per image
-    height = width * min(1.5, max(image.shape[0] / image.shape[1] for image in images))
-    lines = max(w.count("\n") + 1 for w in wrapped)
-    text = 0.05 + title_size / 72 * 1.45 * lines                    # inches of titles per row
-    total = rows * (height + text) + 0.1
-    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(width * 1.1 * columns, total))
-    # Leave room under every row for its titles: hspace is relative to the axes' height.
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.05 / total, bottom=text / total,
-                        hspace=text / height, wspace=0.1)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, wrapped, strict=False):
-        ax.imshow(image)
-        ax.text(0.5, -0.02, title, transform=ax.transAxes, ha="center", va="top",
-                fontsize=title_size)
-    return fig
-
-
-def caption_ranking(images: Sequence[np.ndarray], captions: Sequence[Sequence[str]],
-                    scores: torch.Tensor | np.ndarray, hits: torch.Tensor | np.ndarray
-                    ) -> Figure:
-    """One row per image: the image, then its top captions with scores (green: a true caption)."""
-    scores, hits = np.asarray(scores), np.asarray(hits)
-    fig, axes = plt.subplots(len(images), 2, figsize=(9, 1.7 * len(images)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 4]})
-    for row, image in enumerate(images):
-        axes[row, 0].imshow(image)
-        axes[row, 0].axis("off")
-        text_ax = axes[row, 1]
-        text_ax.axis("off")
-        k = len(captions[row])
-        for rank, caption in enumerate(captions[row]):
-            colour = HIT_COLOUR if hits[row, rank] else MISS_COLOUR
-            text_ax.text(0, 1 - (rank + 0.5) / k, f"{scores[row, rank]:.2f}  {caption}",
-                         color=colour, fontsize=8.5, va="center", transform=text_ax.transAxes)
-    fig.suptitle("image -> caption ranking (green: one of the image's own captions)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], labels: Sequence[str],
-                     title: str = "zero-shot confusion matrix") -> Figure:
-    """Row-normalised confusion matrix: row = true label, column = predicted label."""
-    n = len(labels)
-    counts = np.zeros((n, n), dtype=int)
-    np.add.at(counts, (np.asarray(truth), np.asarray(predicted)), 1)
-    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n))
-    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{counts[i, j]}", ha="center", va="center", fontsize=8,
-                    color="white" if rates[i, j] > 0.6 else "black")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the row")
-    fig.tight_layout()
-    return fig

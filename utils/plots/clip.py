@@ -1,4 +1,5 @@
-"""Plots the notebooks and the demo show: training curves, similarity matrices, retrieval galleries."""
+"""CLIP's figures: training curves, similarity matrices, retrieval galleries, images with their
+captions, caption rankings and a zero-shot confusion matrix."""
 
 from __future__ import annotations
 
@@ -121,3 +122,69 @@ def _fit(image: np.ndarray, size: int) -> np.ndarray:
     rows = np.arange(size) * image.shape[0] // size
     cols = np.arange(size) * image.shape[1] // size
     return image[rows][:, cols]
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 4,
+               width: int = 34, title_size: float = 7.5) -> Figure:
+    """Images in a grid, each with a multi-line title underneath (lines wrapped at ``width``)."""
+    wrapped = ["\n".join(textwrap.fill(line, width) for line in t.split("\n")) for t in titles]
+    rows = -(-len(images) // columns)
+    width = 2.6                                                    # inches per image
+    height = width * min(1.5, max(image.shape[0] / image.shape[1] for image in images))
+    lines = max(w.count("\n") + 1 for w in wrapped)
+    text = 0.05 + title_size / 72 * 1.45 * lines                    # inches of titles per row
+    total = rows * (height + text) + 0.1
+    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(width * 1.1 * columns, total))
+    # Leave room under every row for its titles: hspace is relative to the axes' height.
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.05 / total, bottom=text / total,
+                        hspace=text / height, wspace=0.1)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, wrapped, strict=False):
+        ax.imshow(image)
+        ax.text(0.5, -0.02, title, transform=ax.transAxes, ha="center", va="top",
+                fontsize=title_size)
+    return fig
+
+
+def caption_ranking(images: Sequence[np.ndarray], captions: Sequence[Sequence[str]],
+                    scores: torch.Tensor | np.ndarray, hits: torch.Tensor | np.ndarray
+                    ) -> Figure:
+    """One row per image: the image, then its top captions with scores (green: a true caption)."""
+    scores, hits = np.asarray(scores), np.asarray(hits)
+    fig, axes = plt.subplots(len(images), 2, figsize=(9, 1.7 * len(images)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 4]})
+    for row, image in enumerate(images):
+        axes[row, 0].imshow(image)
+        axes[row, 0].axis("off")
+        text_ax = axes[row, 1]
+        text_ax.axis("off")
+        k = len(captions[row])
+        for rank, caption in enumerate(captions[row]):
+            colour = HIT_COLOUR if hits[row, rank] else MISS_COLOUR
+            text_ax.text(0, 1 - (rank + 0.5) / k, f"{scores[row, rank]:.2f}  {caption}",
+                         color=colour, fontsize=8.5, va="center", transform=text_ax.transAxes)
+    fig.suptitle("image -> caption ranking (green: one of the image's own captions)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], labels: Sequence[str],
+                     title: str = "zero-shot confusion matrix") -> Figure:
+    """Row-normalised confusion matrix: row = true label, column = predicted label."""
+    n = len(labels)
+    counts = np.zeros((n, n), dtype=int)
+    np.add.at(counts, (np.asarray(truth), np.asarray(predicted)), 1)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{counts[i, j]}", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the row")
+    fig.tight_layout()
+    return fig

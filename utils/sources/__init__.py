@@ -1,2 +1,2 @@
-"""Where the data comes from: the synthetic captioned shapes, Flickr8k and Pascal VOC, and
-the verified, resumable downloads they use."""
+"""Where the data comes from: the synthetic captioned shapes, Flickr8k, Pascal VOC and a few
+real photos, and the verified, resumable downloads they use."""

@@ -1,4 +1,4 @@
-"""Real images for segmentation: Pascal VOC 2012 val with its masks, and a few real photos.
+"""Pascal VOC 2012 segmentation: the val images with their masks, and mIoU on them.
 
 **Pascal VOC 2012** (Everingham et al.) is the benchmark PACL reports first (VOC-20 / VOC-21 mIoU).
 Its segmentation part, inside the official trainval archive, has this layout::
@@ -31,10 +31,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from utils.data import DatasetFormatError, load_image
+from utils.data import load_image
 from utils.metrics import iou_from_confusion, segmentation_confusion
 from utils.sources.download import (
-    DownloadError,
     download_file,
     extract_tar_atomic,
     tar_member_names,
@@ -57,32 +56,6 @@ VOC_PROMPT_NAMES = tuple({"aeroplane": "aeroplane", "diningtable": "dining table
                           "motorbike": "motorbike", "pottedplant": "potted plant",
                           "tvmonitor": "tv monitor"}.get(name, name) for name in VOC_CLASSES)
 IGNORE_INDEX = 255
-
-
-@dataclass(frozen=True)
-class RealPhoto:
-    """A public photo to try open-vocabulary segmentation on, and VOC classes it shows."""
-
-    url: str
-    classes: tuple[str, ...]
-
-
-# A handful of freely licensed photos (COCO val2017 from Flickr; Wikimedia Commons), chosen for
-# VOC objects. Their URLs have been stable for years but cannot be checked from an offline
-# machine: if one fails, the notebook says which and goes on with the rest.
-REAL_PHOTOS: dict[str, RealPhoto] = {
-    "cats_on_sofa.jpg": RealPhoto("http://images.cocodataset.org/val2017/000000039769.jpg",
-                                  ("cat", "sofa")),
-    "living_room.jpg": RealPhoto("http://images.cocodataset.org/val2017/000000000139.jpg",
-                                 ("person", "tv monitor", "chair", "potted plant",
-                                  "dining table")),
-    "dog.jpg": RealPhoto(
-        "https://upload.wikimedia.org/wikipedia/commons/2/26/YellowLabradorLooking_new.jpg",
-        ("dog",)),
-    "horses.jpg": RealPhoto(
-        "https://upload.wikimedia.org/wikipedia/commons/d/de/Nokota_Horses_cropped.jpg",
-        ("horse",)),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +115,7 @@ def _inside(name: str, folder: str) -> bool:
 # Reading images and masks
 # --------------------------------------------------------------------------------------------
 
-def read_split(voc_dir: str | os.PathLike[str], split: str = "val",
+def read_voc_split(voc_dir: str | os.PathLike[str], split: str = "val",
                max_images: int | None = None) -> list[str]:
     """Image ids of a segmentation split (``train``, ``val``, ``trainval``), the first
     ``max_images`` of them if given (the file's order, so a cap gives the same images each run)."""
@@ -191,7 +164,7 @@ def load_voc_split(voc_dir: str | os.PathLike[str], split: str = "val",
     """Yield the images and masks of a split one by one (VOC images differ in size, so they are
     segmented one at a time), at most ``max_images`` of them."""
     voc_dir = Path(voc_dir)
-    for name in read_split(voc_dir, split, max_images):
+    for name in read_voc_split(voc_dir, split, max_images):
         image = load_image(voc_dir / IMAGES / f"{name}.jpg")
         mask = load_voc_mask(voc_dir / MASKS / f"{name}.png")
         if mask.shape != image.shape[:2]:
@@ -227,25 +200,3 @@ def voc_miou(predict: Callable[[np.ndarray], np.ndarray], samples: Iterable[VOCS
     return {**iou_from_confusion(confusion), "num_images": count}
 
 
-# --------------------------------------------------------------------------------------------
-# A few real photos
-# --------------------------------------------------------------------------------------------
-
-def download_images(urls: dict[str, str], folder: str | os.PathLike[str],
-                    progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Download ``file name -> URL`` into ``folder`` (files already there are reused) and read
-    them as RGB arrays. A photo that fails (network, not an image) is reported, not fatal.
-
-    Returns:
-        ``(images, failures)``: file name -> ``[H, W, 3]`` uint8 for those that worked, and file
-        name -> the error message for those that did not.
-    """
-    folder = Path(folder)
-    images, failures = {}, {}
-    for name, url in urls.items():
-        try:
-            images[name] = load_image(download_file(url, folder / name, progress=progress))
-        except (DownloadError, DatasetFormatError, OSError) as error:  # say which and why
-            (folder / name).unlink(missing_ok=True)   # e.g. an HTML error page saved as .jpg
-            failures[name] = f"{url}: {error}"
-    return images, failures
