@@ -43,9 +43,11 @@ def main() -> None:
     parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell")
     args = parser.parse_args()
 
-    # The kernel is a child process: it inherits this environment.
+    # The kernel is a child process: it inherits this environment. Jupyter's inline backend, as
+    # a reader has it: the executed copies then hold every figure as an image.
     os.environ.update({"CLIP_PACL_FAST": "1" if args.fast else "0", "HF_HUB_OFFLINE": "1",
-                       "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg",
+                       "TRANSFORMERS_OFFLINE": "1",
+                       "MPLBACKEND": "module://matplotlib_inline.backend_inline",
                        "NO_ALBUMENTATIONS_UPDATE": "1"})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,17 +12,11 @@ from tiny_clips import (
     CAPTIONS,
     EMBED_DIM,
     IMAGE_SIZE,
-    caption_tokenizer,
     course_clip,
     tiny_hf_clip,
 )
 
 from utils.backbones import CourseCLIPBackbone, HFCLIPBackbone, load_hf_clip
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return caption_tokenizer()
 
 
 def test_hf_backbone_patch_embeddings_are_layer_normed_projected_patch_tokens(tokenizer):

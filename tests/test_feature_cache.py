@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tiny_clips import EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip
+from tiny_clips import EMBED_DIM, IMAGE_SIZE, course_clip
 
 from utils.backbones import CourseCLIPBackbone
 from utils.data import load_image, load_split, locate_dataset
@@ -26,11 +26,6 @@ from utils.storage.feature_cache import (
 )
 from utils.storage.image_cache import cache_image_array
 from utils.train import TrainConfig, fit
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return caption_tokenizer()
 
 
 @pytest.fixture(scope="module")

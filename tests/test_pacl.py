@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_clips import CAPTIONS, EMBED_DIM, IMAGE_SIZE, caption_tokenizer, course_clip
+from tiny_clips import CAPTIONS, EMBED_DIM, IMAGE_SIZE, course_clip
 
 from utils.backbones import CourseCLIPBackbone
 from utils.losses import clip_loss
@@ -22,11 +22,6 @@ from utils.pacl import (
     patch_text_similarity,
     patch_weights,
 )
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return caption_tokenizer()
 
 
 def random_inputs(batch=3, texts=4, patches=5, dim=6, seed=0):
