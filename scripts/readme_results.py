@@ -3,9 +3,11 @@
     .venv/bin/python scripts/readme_results.py [--run outputs/demo]
 
 Reads ``<run>/metrics.json`` (what ``make demo`` wrote) and, when present,
-``<run>/pacl_seeds.json`` (what ``bench/pacl_seeds.py`` wrote for the same run), keeps the
-figures the README quotes in ``Images/demo_results.json`` (committed beside the figures), and
-rewrites the README's block between the two marker lines from that file.
+``<run>/pacl_seeds.json`` (what ``bench/pacl_seeds.py`` wrote for the same run), and the cell
+timings of the executed notebooks in ``notebooks/executed/`` (what ``scripts/run_notebooks.py``
+wrote); keeps the figures the README quotes in ``results/demo.json`` and
+``results/notebook_runs.json``, and rewrites the README's block between the two marker lines from
+those files. ``--keep-demo`` refreshes the notebook figures alone, from the committed record.
 ``tests/test_readme.py`` checks that the block is exactly what this script renders from the
 committed record. Run it after ``make demo`` (and ``bench/pacl_seeds.py --save``), beside
 ``scripts/draw_figures.py --results outputs/demo``, which redraws the figures of the same run.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
 from pathlib import Path
 
 from utils.storage.atomic import write_text_atomic
@@ -22,8 +25,11 @@ from utils.storage.atomic import write_text_atomic
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 README = REPO_ROOT / "README.md"
-RECORD = REPO_ROOT / "Images" / "demo_results.json"
-BEGIN = "<!-- demo results: written by scripts/readme_results.py from Images/demo_results.json -->"
+RESULTS = REPO_ROOT / "results"
+RECORD = RESULTS / "demo.json"
+RUNS = RESULTS / "notebook_runs.json"
+EXECUTED = REPO_ROOT / "notebooks" / "executed"
+BEGIN = "<!-- demo results: written by scripts/readme_results.py from results/ -->"
 END = "<!-- end of demo results -->"
 METHOD_LABELS = {"raw": "raw patches of the demo's frozen CLIP", "pacl": "PACL on the same CLIP"}
 
@@ -54,12 +60,31 @@ def record_from_run(run: Path) -> dict:
     return record
 
 
+def notebook_runs(executed: Path) -> dict[str, float]:
+    """Seconds each executed notebook took, from its cells' own timing: from the first cell's
+    start to the last cell's reply (nbclient records both in every cell's metadata)."""
+    runs = {}
+    for path in sorted(executed.glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        times = [cell["metadata"]["execution"] for cell in cells if cell["cell_type"] == "code"]
+        if not times:
+            raise SystemExit(f"{path} holds no cell timings: is it an executed notebook?")
+        runs[path.name] = round((_timestamp(times[-1]["shell.execute_reply"])
+                                 - _timestamp(times[0]["iopub.execute_input"])), 1)
+    return runs
+
+
+def _timestamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def render(record: dict) -> str:
-    """The README block (without its marker lines) for a record of :func:`record_from_run`."""
+def render(record: dict, runs: dict[str, float]) -> str:
+    """The README block (without its marker lines) for a record of :func:`record_from_run` and
+    the notebook times of :func:`notebook_runs`."""
     retrieval, config = record["retrieval"], record["config"]
     lines = [
         f"From one `make demo` run (CLIP width {config['cnn_width']}, {config['epochs']} epochs; "
@@ -96,6 +121,10 @@ def render(record: dict) -> str:
             f"{percent(seeds['objects_only_mIoU']['std'])} (mean ± standard deviation); its "
             f"smallest lead over the raw patches {percent(seeds['mIoU']['min_lead'])} and "
             f"{percent(seeds['objects_only_mIoU']['min_lead'])} points.")
+    if runs:
+        times = ", ".join(f"{name[:2]} {seconds / 60:.0f} min" for name, seconds in runs.items())
+        lines += ["", f"The executed notebooks in [notebooks/executed/](notebooks/executed/) ran "
+                      f"offline in full: {times}."]
     return "\n".join(lines)
 
 
@@ -106,15 +135,19 @@ def readme_block(text: str) -> str:
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
 
 
-def write(run: Path, readme: Path = README, record_path: Path = RECORD) -> dict:
-    """Record the run's figures and rewrite the README's block; returns the record."""
-    record = record_from_run(run)
+def write(run: Path | None, readme: Path = README, record_path: Path = RECORD,
+          runs_path: Path = RUNS, executed: Path = EXECUTED) -> dict:
+    """Record the run's figures (``run=None``: keep ``record_path`` as it is) and the executed
+    notebooks' times, and rewrite the README's block; returns the record."""
+    record = json.loads(record_path.read_text()) if run is None else record_from_run(run)
+    runs = notebook_runs(executed)
     write_text_atomic(record_path, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(runs_path, json.dumps(runs, indent=2) + "\n")
     old = readme.read_text(encoding="utf-8")
     readme_block(old)                                     # the markers must be there
     before, rest = old.split(BEGIN, 1)
     after = rest.split(END, 1)[1]
-    write_text_atomic(readme, f"{before}{BEGIN}\n{render(record)}\n{END}{after}")
+    write_text_atomic(readme, f"{before}{BEGIN}\n{render(record, runs)}\n{END}{after}")
     return record
 
 
@@ -122,9 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=REPO_ROOT / "outputs" / "demo")
+    parser.add_argument("--keep-demo", action="store_true",
+                        help="keep results/demo.json; refresh only the notebooks' times")
     args = parser.parse_args(argv)
-    write(args.run)
-    print(f"wrote {RECORD} and the results block of {README}")
+    write(None if args.keep_demo else args.run)
+    print(f"wrote {RECORD}, {RUNS} and the results block of {README}")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,8 @@ def test_executed_copy_ran_todays_code_to_the_end(path: Path) -> None:
     errors = [cell.source[:60] for cell in code_cells
               if any(output.output_type == "error" for output in cell.outputs)]
     assert not errors, f"notebooks/executed/{path.name}: cells ended in an error: {errors}"
+    printed = "".join(output.get("text", "") for cell in code_cells for output in cell.outputs)
+    assert "fast=False" in printed, f"notebooks/executed/{path.name} is not a full run"
     figures = sum("image/png" in output.get("data", {}) for cell in code_cells
                   for output in cell.outputs)
     assert figures >= 3, f"notebooks/executed/{path.name} shows {figures} figures"

@@ -201,11 +201,18 @@ def test_heatmaps_compare_both_methods_on_images_with_several_shapes(demo_folder
 
 def test_readme_results_are_what_the_script_renders_from_the_committed_record():
     record = json.loads(readme_results.RECORD.read_text())
+    runs = json.loads(readme_results.RUNS.read_text())
     assert readme_results.readme_block(README.read_text(encoding="utf-8")) == \
-        readme_results.render(record), (
+        readme_results.render(record, runs), (
         "README.md's results block is not what scripts/readme_results.py writes from "
-        "Images/demo_results.json: run `.venv/bin/python scripts/readme_results.py` after "
-        "`make demo`, never edit the block by hand")
+        "results/: run `.venv/bin/python scripts/readme_results.py` after `make demo`, never "
+        "edit the block by hand")
+    # The notebooks' times are those of the executed copies committed today.
+    assert runs == readme_results.notebook_runs(readme_results.EXECUTED), (
+        "results/notebook_runs.json is not what notebooks/executed/ took: run "
+        "`.venv/bin/python scripts/readme_results.py --keep-demo`")
+    assert sorted(runs) == ["01_clip_from_scratch.ipynb", "02_pacl_patch_alignment.ipynb",
+                            "03_open_vocab_segmentation.ipynb"]
     # The record is a full run's: the demo's test split and both methods.
     assert record["num_test_images"] == 1000 and set(record["segmentation"]) == {"raw", "pacl"}
 
@@ -236,18 +243,32 @@ def test_results_script_rewrites_only_the_block(tmp_path, with_seeds):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n{readme_results.BEGIN}\nstale 99.9\n"
                       f"{readme_results.END}\nafter\n")
-    record = readme_results.write(run, readme, tmp_path / "record.json")
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    (executed / "01_x.ipynb").write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "metadata": {}},
+        {"cell_type": "code", "metadata": {"execution": {
+            "iopub.execute_input": "2026-11-30T05:00:00.000Z",
+            "shell.execute_reply": "2026-11-30T05:00:30.000Z"}}},
+        {"cell_type": "code", "metadata": {"execution": {
+            "iopub.execute_input": "2026-11-30T05:00:31.000Z",
+            "shell.execute_reply": "2026-11-30T05:05:00.000Z"}}}]}))
+    paths = dict(record_path=tmp_path / "record.json", runs_path=tmp_path / "runs.json",
+                 executed=executed)
+    record = readme_results.write(run, readme, **paths)
     text = readme.read_text()
     assert text.startswith("# Title\n\nbefore\n") and text.endswith("after\n")
     block = readme_results.readme_block(text)
-    assert "stale" not in block and block == readme_results.render(record)
+    assert "stale" not in block and block == readme_results.render(record, {"01_x.ipynb": 300.0})
     assert json.loads((tmp_path / "record.json").read_text()) == record
+    assert json.loads((tmp_path / "runs.json").read_text()) == {"01_x.ipynb": 300.0}
+    assert "ran offline in full: 01 5 min." in block
     assert "| text -> image | 51.0 | 55.0 | 60.0 |" in block
     assert "| PACL on the same CLIP | cosine, threshold 0.25 | 40.0 | 60.0 |" in block
     assert ("seeds [0, 1]" in block) == with_seeds
     readme.write_text("no markers here")
     with pytest.raises(ValueError, match="marker lines"):
-        readme_results.write(run, readme, tmp_path / "record.json")
+        readme_results.write(run, readme, **paths)
 
 
 def test_every_message_the_readme_explains_is_one_the_package_can_raise():
