@@ -306,3 +306,16 @@ def test_every_module_of_the_package_is_in_the_readme_and_the_package_index():
                         if line.startswith(f"| `utils/{folder}/`")), "")
             assert f"`{name}`" in row, f"README's row for utils/{folder}/ lacks {name}"
             assert f"``{folder}``" in index, f"utils/__init__.py's index lacks {folder}"
+
+
+def test_the_quick_start_time_of_make_demo_agrees_with_the_recorded_run():
+    """The front page rounds the demo's time by hand ("about N min"): it must stay within a
+    factor of 1.5 of the committed run's own figure (machines differ by up to 2 times)."""
+    row = next(line for line in README.read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `make demo` |"))
+    minutes = float(re.search(r"about (\d+) min", row).group(1))
+    recorded = json.loads(readme_results.RECORD.read_text())["total_seconds"] / 60
+    assert recorded / 1.5 <= minutes <= recorded * 1.5, (
+        f"README says about {minutes:.0f} min for `make demo`; the recorded run took "
+        f"{recorded:.1f} min (results/demo.json)")
+
