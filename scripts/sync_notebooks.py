@@ -58,13 +58,24 @@ def sources() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 
 
+def setup_source() -> str:
+    """The set-up cell's code, as every notebook carries it."""
+    return SETUP_SOURCE.read_text(encoding="utf-8").strip("\n")
+
+
+def setup_cell(notebook: nbformat.NotebookNode, path: Path) -> nbformat.NotebookNode:
+    """The one cell of ``notebook`` (read from ``path``) tagged as the set-up cell."""
+    cells = [cell for cell in notebook.cells if SETUP_TAG in cell.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise SystemExit(f"{path}: expected one code cell tagged {SETUP_TAG!r} (the set-up "
+                         f"cell), found {len(cells)}")
+    return cells[0]
+
+
 def read_source(path: Path) -> nbformat.NotebookNode:
     """A percent-format source as a notebook, its set-up cell replaced by ``setup_cell.py``."""
     notebook = jupytext.read(path, fmt="py:percent")
-    setup = SETUP_SOURCE.read_text(encoding="utf-8").strip("\n")
-    for cell in notebook.cells:
-        if SETUP_TAG in cell.metadata.get("tags", []):
-            cell.source = setup
+    setup_cell(notebook, path).source = setup_source()
     return notebook
 
 
@@ -144,15 +155,13 @@ def stale_notebooks() -> list[str]:
 
 
 def write_all() -> None:
-    setup = SETUP_SOURCE.read_text(encoding="utf-8").strip("\n")
+    setup = setup_source()
     for path in sources():
         source = jupytext.read(path, fmt="py:percent")
-        setup_cells = [c for c in source.cells if SETUP_TAG in c.metadata.get("tags", [])]
-        if len(setup_cells) != 1:
-            raise SystemExit(f"{path}: expected one code cell tagged {SETUP_TAG!r} (the set-up "
-                             f"cell), found {len(setup_cells)}")
-        if setup_cells[0].source != setup:            # bring the source's copy up to date
-            write_source(read_source(path), path)
+        cell = setup_cell(source, path)
+        if cell.source != setup:                      # bring the source's copy up to date
+            cell.source = setup
+            write_source(source, path)
         nbformat.write(notebook_for(path), ipynb_path(path))
         print(f"wrote {ipynb_path(path).relative_to(REPO)}")
 
@@ -168,8 +177,9 @@ def source_from_ipynb(number: str) -> Path:
         raise SystemExit(f"{ipynb_path(path).name} holds stubs, not the solutions: edit "
                          f"{path.name} instead")
     notebook = nbformat.read(ipynb_path(path), 4)
+    setup = setup_source()
     for cell in notebook.cells:                       # the source keeps the set-up cell's tag
-        if cell.source.strip("\n") == SETUP_SOURCE.read_text(encoding="utf-8").strip("\n"):
+        if cell.source.strip("\n") == setup:
             cell.metadata["tags"] = [*cell.metadata.get("tags", []), SETUP_TAG]
     write_source(notebook, path)
     return path

@@ -58,7 +58,7 @@ def test_ipynb_is_what_its_source_makes(path: Path) -> None:
 
 
 def test_every_notebook_starts_with_the_one_set_up_cell() -> None:
-    setup = sync.SETUP_SOURCE.read_text(encoding="utf-8").strip("\n")
+    setup = sync.setup_source()
     for path in NOTEBOOKS:
         code = [cell for cell in _read(path).cells if cell.cell_type == "code"]
         assert code[0].source == setup, f"{path.name}: its first code cell is not setup_cell.py"

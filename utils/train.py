@@ -242,11 +242,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
     history_path = path / "history.json"
     history = build_from_config(history_path, read_json_object(history_path, RESTART), History,
                                 RESTART)
-    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler"),
-                     (None, "epoch")):
-        if key not in state:
-            raise SavedFileError(f"{state_path} holds no {key!r}: not written by "
-                                 f"save_checkpoint. {RESTART}")
+    missing = [key for key in ("optimizer", "scheduler", "scaler", "epoch") if key not in state]
+    if missing:
+        raise SavedFileError(f"{state_path} holds no {missing[0]!r}: not written by "
+                             f"save_checkpoint. {RESTART}")
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is None:
             continue
         try:

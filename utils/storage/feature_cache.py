@@ -46,7 +46,7 @@ class FeatureCache:
         patch_emb: ``[N, P, D]`` float16, memory-mapped (read from disk as needed).
         text_emb: ``[T, D]`` float16, unit length.
         grid_shape: ``(h, w)`` with ``h * w = P``.
-        key: what the cache was made from (backbone, dataset, image size, texts).
+        key: what the cache was made from (backbone, dataset, image size, texts, image bytes).
     """
 
     folder: Path
@@ -170,7 +170,7 @@ def _load_if_valid(folder: Path, key: dict) -> FeatureCache | None:
     """The cache in ``folder`` if it is complete and was made from ``key``, else None."""
     try:
         cache = FeatureCache.load(folder)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):     # absent (FileNotFoundError) or damaged (ValueError)
         return None
     return cache if cache.key == key else None
 

@@ -38,10 +38,6 @@ def _read_json(path: Path) -> dict[str, object] | None:
     return content if isinstance(content, dict) else {}
 
 
-def _write_json(path: Path, content: dict[str, object]) -> None:
-    write_text_atomic(path, json.dumps(content))
-
-
 # --------------------------------------------------------------------------------------------
 # Fixed-size array cache
 # --------------------------------------------------------------------------------------------
@@ -85,7 +81,7 @@ def cache_image_array(
     sidecar.unlink(missing_ok=True)
     with atomic_file(array_path) as temp:
         _fill_array(temp, source, names, image_size, progress)
-    _write_json(sidecar, manifest)
+    write_text_atomic(sidecar, json.dumps(manifest))
     return array_path
 
 
