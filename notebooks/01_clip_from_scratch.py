@@ -83,6 +83,7 @@ import torch.nn.functional as F
 from IPython.display import Image, display
 from torch.utils.data import DataLoader
 
+from utils.course import practice
 from utils.course.notebook import (
     IN_COLAB,
     count_parameters,
@@ -415,7 +416,24 @@ print(f"ln N = ln {len(image_emb)} = {math.log(len(image_emb)):.4f}: the loss of
 # notebook otherwise). The untrained model's loss is compared with ln *N*, the loss of a model that
 # spreads its bet evenly over the *N* captions: an untrained model is about that good, or worse when
 # it is confidently wrong.
+
+# %% [markdown]
+# ### Your turn (optional, ungraded): the temperature's two limits
 #
+# Take a batch of *n* pairs in which every image's own caption is its most similar one, and every
+# caption's own image too. What does the loss tend to as the logit scale *s* goes to 0, and as it
+# grows without bound? Answer with a formula in *n*; the check compares it with `clip_loss` itself
+# on such batches. Skipping this changes nothing below.
+
+# %%
+def loss_limits(n):
+    # Return (loss as s -> 0, loss as s -> infinity) for a batch of n pairs ranked right.
+    raise NotImplementedError  # your code here
+
+
+passed = practice.check_temperature_limits(loss_limits)
+
+# %% [markdown]
 # The course's `clip_loss` also takes the batch's `positives` matrix. With it, each row's target is
 # spread evenly over all its true captions instead of the diagonal alone (a target made from the
 # labels, never from the model's own outputs). On a batch without repeated captions both are the same
@@ -688,6 +706,21 @@ show(caption_ranking(
 # hold exactly one shape, so that `objects.json` gives an unambiguous answer; chance is 1 in 5. We
 # also ask "which colour?" of the same images (1 in 6). On Flickr8k there are no labels, so we show
 # the predictions for a few images.
+
+# %% [markdown]
+# ### Your turn (optional, ungraded): step 3 as code
+#
+# Write the classifier of step 3 before reading ours below: given image embeddings `[N, D]` and class
+# vectors `[C, D]`, neither of unit length, return each image's predicted class, the index of the
+# class vector with the highest cosine (an `[N]` tensor of integers).
+
+# %%
+def zero_shot_predict(image_emb, class_emb):
+    # image_emb [N, D], class_emb [C, D] -> [N] class indices
+    raise NotImplementedError  # your code here
+
+
+passed = practice.check_zero_shot(zero_shot_predict)
 
 # %%
 TEMPLATES = ["{}", "a photo of {}", "a picture of {}", "an image of {}", "a drawing of {}"]

@@ -80,6 +80,7 @@ from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 
 from utils.backbones import HF_CLIP_NAME, CourseCLIPBackbone, load_hf_clip
+from utils.course import practice
 from utils.course.demo import DemoConfig, run_demo
 from utils.course.notebook import (
     IN_COLAB,
@@ -416,6 +417,36 @@ print(f"plain cosines, every test image and word above: largest/smallest weight 
 # the weights can concentrate on the patches that match; much sharper (τ = 0.03) and a single patch
 # decides, and its mistakes are not averaged out. Section 7 trains both ways and measures the
 # difference.
+
+# %% [markdown]
+# ### Your turn (optional, ungraded): the weights of one text over one image's patches
+#
+# Write steps 1 and 2 of the compatibility for a single image and a single text, with the
+# temperature: from the patches `[P, D]` and the text `[D]`, neither of unit length, return the `P`
+# weights, the softmax over the patches of their cosines with the text divided by `temperature`.
+
+# %%
+def weights_over_patches(patches, text, temperature):
+    # patches [P, D], text [D] -> [P] weights that sum to 1
+    raise NotImplementedError  # your code here
+
+
+passed = practice.check_patch_weights(weights_over_patches)
+
+# %% [markdown]
+# ### Your turn (optional, ungraded): how sharp can the softmax get?
+#
+# Whatever the embedder learns, two patches' weights can differ only so much. Write the largest
+# possible ratio between the weights of two patches, as a function of the temperature (1 for plain
+# cosines).
+
+# %%
+def largest_weight_ratio(temperature):
+    # the most one patch can outweigh another, over all possible embeddings
+    raise NotImplementedError  # your code here
+
+
+passed = practice.check_weight_ratio(largest_weight_ratio)
 
 # %% [markdown]
 # ## 4 · What PACL trains on: phrases that name one region

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from IPython.display import display
 
 from utils.backbones import HF_CLIP_NAME, CourseCLIPBackbone, HFCLIPBackbone, load_hf_clip
+from utils.course import practice
 from utils.course.demo import DemoConfig, run_demo
 from utils.course.notebook import (
     IN_COLAB,
@@ -215,6 +216,20 @@ print(f"{dataset_root}: classes {CLASSES}; {len(dev_names)} dev images to tune, 
 # is embedded and normalised, the vectors of one class are averaged, and the mean is normalised
 # again (CLIP Sec. 3.1.4). That gives one unit vector per class, `[C, D]`.
 
+# %% [markdown]
+# ### Your turn (optional, ungraded): a prompt ensemble
+#
+# Before reading ours below, write the ensemble for one class: from the embeddings of its `T`
+# prompts, `[T, D]` and of any length, return its unit-length class vector `[D]`.
+
+# %%
+def prompt_ensemble(prompt_emb):
+    # prompt_emb [T, D] -> [D], unit length
+    raise NotImplementedError  # your code here
+
+
+passed = practice.check_prompt_ensemble(prompt_ensemble)
+
 # %%
 prompts = [format_prompt(template, name) for name in CLASSES for template in PROMPT_TEMPLATES]
 per_prompt = backbone.text_embeddings(prompts).float()                       # [C * T, D]
@@ -272,6 +287,21 @@ show(plot_class_heatmaps(image, fine[0].numpy(), CLASSES))
 # open-vocabulary segmentation; neither is the paper's, whose benchmark protocol (VOC-20) scores
 # object pixels only. Here they run with a threshold picked by hand (the middle of this image's
 # range); section 3 tunes each on dev images.
+
+# %% [markdown]
+# ### Your turn (optional, ungraded): the entropy rule for one pixel
+#
+# Before reading ours below, write the entropy rule for a single pixel: from its cosines with the
+# `C` classes `[C]`, the logit scale and the threshold, return its label, 0 for background or
+# *c* + 1 for the best class *c*.
+
+# %%
+def pixel_label(cosines, logit_scale, threshold):
+    # cosines [C] -> an int: 0 (background) or best class + 1
+    raise NotImplementedError  # your code here
+
+
+passed = practice.check_entropy_rule(pixel_label)
 
 # %%
 best_cosine, best_class = fine.max(1)                                       # [1, H, W] each

@@ -4,7 +4,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/clip-pacl/clip-pacl/blob/main/notebooks/04_assignment.ipynb)
 #
 # Notebooks 01-03 built CLIP and PACL with the course's tested package. Here you write the central
-# pieces yourself:
+# pieces yourself, each a step beyond what the notebooks showed as code:
 #
 # | exercise | you write | it returns |
 # |---|---|---|
@@ -21,16 +21,19 @@
 # ignored pixel, a class missing from the image), and tells you which input went wrong, what was
 # expected, what you returned, and a hint. Run it as often as you like.
 #
-# **Rules.** Use `torch` and `torch.nn.functional`, not the course's `utils.losses`, `utils.metrics`
-# or `utils.pacl` (that is what your answers are compared with). Keep the function names: the
-# grader looks for them.
+# **Rules.** Write each function yourself with `torch` and `torch.nn.functional`. A function taken
+# from the course's package `utils` (imported, renamed, or called from inside your own function)
+# scores 0 for that exercise, and the check says so. Keep the function names: the grader looks
+# for them. The grader also lists exercises whose code is the same as another submission's, up to
+# the names of variables, comments and layout.
 #
 # **Submitting.** Run the whole notebook top to bottom (*Runtime → Restart session and run all* on
 # Colab), check that the summary at the end shows what you expect, save, and hand in the `.ipynb`
 # file. Your instructor's grader re-runs it in a fresh kernel with a time limit for the whole
-# notebook (5 minutes unless your instructor says otherwise) and re-checks every exercise: what
-# counts is your functions, not the printed output. A cell still running when time is up is
-# stopped, and the exercises after it may score nothing.
+# notebook (5 minutes unless your instructor says otherwise) and re-checks every exercise, on its
+# own, from what your functions return: the printed output does not count. A cell still running
+# when time is up is stopped (and killed, if it will not stop); the exercises defined before it
+# still count, the cells after it do not run.
 
 # %% [markdown]
 # ## 0 · Set-up
@@ -84,34 +87,51 @@ SEED = 0
 
 
 # %% [markdown]
-# ## (a) · The CLIP loss
+# ## (a) · CLIP's loss when a row has several true captions
 #
-# A batch holds $N$ images and their $N$ captions, pair $i$ being image $i$ with caption $i$. CLIP
+# A batch holds $N$ image-caption pairs, pair $i$ being image $i$ with caption $i$. CLIP
 # (Radford et al. 2021, Fig. 3) L2-normalises both embeddings, scores every image against every
-# caption with a scaled cosine, $\text{logits} = s\, \hat I \hat T^\top$ ($N \times N$), and asks
-# two questions at once: for each image (a row), which caption is its own? For each caption (a
-# column), which image? Each is a cross-entropy with targets $0, 1, \dots, N-1$ (the diagonal); the
-# loss is their mean. The multiplier $s = e^{t}$ is the inverse temperature, learnt in CLIP;
-# here it is given.
+# caption with a scaled cosine, $\text{logits} = s\, \hat I \hat T^\top$ ($N \times N$), and
+# takes the mean of two cross-entropies: over each row (which caption is this image's?) and over
+# each column (which image is this caption's?), with the diagonal as the target. The multiplier
+# $s = e^{t}$ is the inverse temperature, learnt in CLIP; here it is given.
+#
+# Notebook 01 (§5) pointed out what the diagonal gets wrong on Flickr8k: every image has five
+# captions, so a batch can hold the same image twice, and then a true caption sits *off* the
+# diagonal and the loss pushes it away as if it were a negative. The course's loss takes a boolean
+# matrix `positives` ($N \times N$, `positives[i, j]` = image $i$ matches caption $j$, always true
+# on the diagonal) and spreads each row's target evenly over its positives:
+#
+# $$\mathcal{L}_{\text{rows}} = -\frac{1}{N} \sum_i \sum_j \frac{\text{positives}_{ij}}{\sum_k
+# \text{positives}_{ik}} \log \operatorname{softmax}_j(\text{logits}_{i,:}),$$
+#
+# and $\mathcal{L}_{\text{columns}}$ the same on the transposed matrices, each column's target
+# spread over *its own* positives. The loss is $(\mathcal{L}_{\text{rows}} +
+# \mathcal{L}_{\text{columns}}) / 2$. With `positives` the identity it is CLIP's loss. (This
+# soft target is the course's choice; CLIP's paper has no repeated captions to handle.)
 
 # %% tags=["solution"]
-def clip_loss(image_emb, text_emb, logit_scale):
-    """CLIP's symmetric contrastive loss (Radford et al. 2021, Fig. 3).
+def clip_loss(image_emb, text_emb, logit_scale, positives):
+    """CLIP's symmetric contrastive loss with several positives per row (and per column).
 
     Args:
         image_emb: [N, D] image embeddings, any length (normalise them); row i pairs with
             text_emb[i].
         text_emb: [N, D] text embeddings, any length.
         logit_scale: the multiplier s > 0 (a float or a 0-dim tensor), already exponentiated.
+        positives: [N, N] bool, positives[i, j] = image i matches caption j (True on the
+            diagonal; not always symmetric).
 
     Returns:
         A 0-dim tensor in the inputs' dtype, through which gradients flow: the mean of the
-        image->text cross-entropy (rows of s * I @ T.T) and the text->image one (columns), each
-        averaged over the batch, with targets 0..N-1.
+        rows' loss (each row of s * I @ T.T against its positives, spread evenly) and the
+        columns' loss (each column against its own positives), each averaged over the batch.
     """
     logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
-    targets = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    targets = positives.to(logits.dtype)
+    rows = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(dim=1)).sum(1).mean()
+    columns = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(dim=0)).sum(0).mean()
+    return (rows + columns) / 2
 
 
 # %%
@@ -152,36 +172,44 @@ result_b = check_exercise("b", image_to_text_recall)
 
 
 # %% [markdown]
-# ## (c) · The PACL compatibility
+# ## (c) · The PACL compatibility, with padded patches
 #
-# PACL (Mukhoti et al., CVPR 2023, Eq. 2-3) compares a text with an image through its *patches*.
-# For image $x$ with patch embeddings $v_1, \dots, v_P$ and text embedding $u$:
+# PACL (Mukhoti et al., CVPR 2023, Eq. 2-3) compares a text with an image through its *patches*:
+# for patch embeddings $v_1, \dots, v_P$ and a text embedding $u$, the weights
+# $a = \text{softmax}_p(\cos(v_p, u))$ pick the patches that match the text,
+# $\bar v = \sum_p a_p v_p$ pools them (the patches as they are, not normalised), and the
+# compatibility is $\phi = \cos(\bar v, u)$. Notebook 02 (§3) built it for a batch of images of
+# one size.
 #
-# 1. $s_p = \cos(v_p, u)$, the similarity of every patch with the text;
-# 2. $a = \text{softmax}_p(s)$, weights over the $P$ patches (no temperature);
-# 3. $\bar v = \sum_p a_p v_p$, a weighted sum of the patch embeddings *as they are* (not
-#    normalised);
-# 4. $\phi(x, u) = \cos(\bar v, u)$.
-#
-# Compute it for every image of a batch against every text at once. (The course's version avoids a
-# `[B, T, P, D]` tensor; for this exercise any correct way is fine.)
+# Images of different sizes give different numbers of patches. To batch them, each image's patches
+# are padded to a common $P$ with filler vectors, and a boolean `patch_mask` ($B \times P$) says
+# which patches are real. Padding is not part of the image, so it must not change $\phi$: a padded
+# patch gets weight exactly 0 in the softmax (the softmax runs over the real patches only), and
+# adds nothing to $\bar v$. Beware: a zero vector has cosine 0 with every text, and
+# $e^0 = 1$ is not a weight of 0. (Masking the padding is the course's rule for this exercise:
+# PACL itself works on fixed-size crops.)
 
 # %% tags=["solution"]
-def pacl_compatibility(patch_emb, text_emb):
-    """PACL's compatibility of every image with every text (Mukhoti et al. 2023, Eq. 2-3).
+def pacl_compatibility(patch_emb, text_emb, patch_mask):
+    """PACL's compatibility of every image with every text, over the real patches only.
 
     Args:
-        patch_emb: [B, P, D] patch embeddings of B images (the vision embedder's outputs).
+        patch_emb: [B, P, D] patch embeddings of B images, padded to P patches.
         text_emb: [T, D] text embeddings, any length.
+        patch_mask: [B, P] bool, True for a real patch, False for padding (each image has at
+            least one real patch; they need not come first).
 
     Returns:
         A [B, T] tensor in the inputs' dtype: entry [b, t] is cos(sum_p a_p patch_emb[b, p],
-        text_emb[t]) with a = softmax over the P patches of cos(patch_emb[b, p], text_emb[t]).
+        text_emb[t]) with a = softmax over the real patches p of cos(patch_emb[b, p],
+        text_emb[t]); padded patches get weight 0.
     """
     texts = F.normalize(text_emb, dim=-1)
     similarity = torch.einsum("bpd,td->btp", F.normalize(patch_emb, dim=-1), texts)  # [B, T, P]
-    weights = similarity.softmax(dim=-1)                                   # over the patches
-    pooled = torch.einsum("btp,bpd->btd", weights, patch_emb)              # [B, T, D]
+    padding = ~patch_mask[:, None, :]                                     # [B, 1, P]
+    weights = similarity.masked_fill(padding, float("-inf")).softmax(dim=-1)
+    real = patch_emb.masked_fill(~patch_mask[..., None], 0)               # padding adds nothing
+    pooled = torch.einsum("btp,bpd->btd", weights, real)                  # [B, T, D]
     return torch.einsum("btd,td->bt", F.normalize(pooled, dim=-1), texts)
 
 
@@ -190,42 +218,53 @@ result_c = check_exercise("c", pacl_compatibility)
 
 
 # %% [markdown]
-# ## (d) · Mean IoU
+# ## (d) · mIoU under the VOC-20 rule
 #
 # Segmentation is scored per class $c$ by the intersection over union
 # $\text{IoU}_c = |\text{pred} = c \wedge \text{target} = c| \,/\, |\text{pred} = c \vee
-# \text{target} = c|$, and mIoU is the mean over classes. Three details matter: pixels whose target
-# is `ignore_index` (object borders, unlabelled areas) count for nothing; a class that appears
-# neither in the prediction nor in the target is left out of the mean (it was not there to be
-# found); and over a batch, the pixel counts are pooled before dividing, as for a whole dataset.
+# \text{target} = c|$, and mIoU is the mean over classes, with the pixel counts pooled over the
+# whole set before dividing. Pixels whose target is `ignore_index` (object borders) count for
+# nothing, and a class that appears neither in the prediction nor in the target is left out of the
+# mean.
+#
+# Notebook 03 (§3) scored PACL the way its paper's VOC-20 numbers are reported: on *object pixels
+# only*. The model is never asked where the background is: the background pixels of the target are
+# ignored, and every pixel is predicted as its best *object* class, even where a background score
+# would win. Here the model's output is a score per pixel for the background (channel 0) and for
+# $C$ object classes (channels $1..C$); the target holds 0 for background, $1..C$ for objects, and
+# `ignore_index` for unlabelled pixels. Turn the scores into a prediction and compute the mIoU
+# under that rule.
 
 # %% tags=["solution"]
-def mean_iou(pred, target, num_classes, ignore_index=255):
-    """Mean intersection over union of integer class maps.
+def voc20_mean_iou(scores, target, ignore_index=255):
+    """mIoU over object pixels only, with background never predicted.
 
     Args:
-        pred, target: integer tensors of the same shape, one image [H, W] or a batch [N, H, W].
-        num_classes: classes are 0 .. num_classes - 1.
-        ignore_index: pixels whose target is this value are left out entirely.
+        scores: [N, 1 + C, H, W] float scores: channel 0 is background, channels 1..C the object
+            classes 1..C.
+        target: [N, H, W] integer class map: 0 background, 1..C objects, ignore_index unlabelled.
+        ignore_index: pixels whose target is this value are left out.
 
     Returns:
-        A Python float: the mean over classes present in pred or target (after dropping ignored
-        pixels) of |pred == c and target == c| / |pred == c or target == c|, counted over all
-        pixels of the batch together.
+        A Python float: with each pixel predicted as its best object class (1..C), and the
+        pixels whose target is background or ignore_index left out, the mean over the classes
+        present in the prediction or the target of |pred == c and target == c| /
+        |pred == c or target == c|, counted over all pixels of the batch together.
     """
-    pred, target = pred.reshape(-1), target.reshape(-1)
-    keep = target != ignore_index
-    pred, target = pred[keep], target[keep]
+    prediction = scores[:, 1:].argmax(dim=1).reshape(-1) + 1
+    target = target.reshape(-1).long()
+    kept = (target != 0) & (target != ignore_index)
+    prediction, target = prediction[kept], target[kept]
     ious = []
-    for c in range(num_classes):
-        union = ((pred == c) | (target == c)).sum().item()
+    for c in range(1, scores.shape[1]):
+        union = ((prediction == c) | (target == c)).sum().item()
         if union > 0:
-            ious.append(((pred == c) & (target == c)).sum().item() / union)
+            ious.append(((prediction == c) & (target == c)).sum().item() / union)
     return sum(ious) / len(ious)
 
 
 # %%
-result_d = check_exercise("d", mean_iou)
+result_d = check_exercise("d", voc20_mean_iou)
 
 
 # %% [markdown]
@@ -269,12 +308,13 @@ def run_experiment():
     content = F.normalize(content, dim=-1)                    # [N, V] what each image shows
     generator = torch.Generator().manual_seed(SEED)
     scales = torch.logspace(-1, 2.5, 30)
+    only_own = torch.eye(len(contents), dtype=torch.bool)     # one true caption per image
     fig, ax = plt.subplots(figsize=(7, 4))
     for noise in (0.0, 0.5, 1.0, 2.0):
         # Independent noise on each side stands for imperfect image and text encoders.
         images, texts = (content + noise / math.sqrt(len(vocabulary))
                          * torch.randn(content.shape, generator=generator) for _ in range(2))
-        losses = torch.tensor([clip_loss(images, texts, s).item() for s in scales])
+        losses = torch.tensor([clip_loss(images, texts, s, only_own).item() for s in scales])
         best = losses.argmin()
         line, = ax.plot(scales, losses, label=f"noise {noise}")
         ax.plot(scales[best], losses[best], "o", color=line.get_color())

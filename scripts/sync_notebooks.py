@@ -8,6 +8,7 @@ Edit those files like any code (ruff lints them), then write the notebooks:
     .venv/bin/python scripts/sync_notebooks.py --check        # exit 1 if any .ipynb is stale
     .venv/bin/python scripts/sync_notebooks.py --from-ipynb 02  # edited 02's .ipynb? back to .py
     .venv/bin/python scripts/sync_notebooks.py --solution     # the assignment with its solutions
+    .venv/bin/python scripts/sync_notebooks.py --student-copy DEST   # the course without them
 
 Two cells are written by this script rather than by hand:
 
@@ -18,6 +19,9 @@ Two cells are written by this script rather than by hand:
   tagged ``solution`` hold one function (or one answer string) each. The student notebook,
   ``04_assignment.ipynb``, keeps only each function's signature and docstring, then ``raise
   NotImplementedError``; ``--solution`` writes ``solution_04_assignment.ipynb`` (ignored by git).
+  ``--student-copy DEST`` writes the repository's tracked files to DEST with the assignment's
+  source reduced to those stubs and without ``tests/`` (whose graders' tests hold correct
+  answers): a course to publish for students, with no solution in it.
 
 The ``.ipynb`` files are committed without outputs, with stable cell ids, so writing them again
 gives the same bytes; ``tests/test_notebooks.py`` fails when one disagrees with its source.
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -185,6 +191,30 @@ def source_from_ipynb(number: str) -> Path:
     return path
 
 
+STUDENT_COPY_LEAVES_OUT = ("tests/",)   # the graders' tests hold correct answers to the exercises
+
+
+def write_student_copy(destination: Path) -> None:
+    """Copy the repository's tracked files to ``destination`` (a new folder), with
+    ``04_assignment.py``'s solution cells replaced by the stubs students get, and without
+    ``STUDENT_COPY_LEAVES_OUT``."""
+    if destination.exists():
+        raise SystemExit(f"{destination} exists: give a new folder for the student copy")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
+                             text=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (REPO / name).is_file() and not name.startswith(STUDENT_COPY_LEAVES_OUT):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    notebook = read_source(ASSIGNMENT_SOURCE)
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if SOLUTION_TAG in tags:
+            cell.source = student_version(cell.source)
+            cell.metadata["tags"] = [EXERCISE_TAG if tag == SOLUTION_TAG else tag for tag in tags]
+    write_source(notebook, destination / ASSIGNMENT_SOURCE.relative_to(REPO))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -192,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--from-ipynb", metavar="NN", help="write notebook NN's .py from its .ipynb")
     mode.add_argument("--solution", action="store_true",
                       help=f"write notebooks/{SOLUTION_FILE} (instructors only)")
+    mode.add_argument("--student-copy", type=Path, metavar="DEST",
+                      help="copy the course to DEST without the assignment's solutions")
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_notebooks()
@@ -204,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.solution:
         nbformat.write(notebook_for(ASSIGNMENT_SOURCE, student=False), NOTEBOOK_DIR / SOLUTION_FILE)
         print(f"wrote notebooks/{SOLUTION_FILE}")
+    elif args.student_copy:
+        write_student_copy(args.student_copy)
+        print(f"wrote the student copy to {args.student_copy}")
     else:
         write_all()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import csv
+import subprocess
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 from repo_scripts import load_script
@@ -15,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sync = load_script("scripts/sync_notebooks.py")
 grade_submissions = load_script("scripts/grade_submissions.py")
 
-FAKE_TIMEOUT_S = 30      # a fake submission only imports utils.course.grading: seconds, even when busy
+FAKE_TIMEOUT_S = 30      # a fake submission runs in seconds, even on a busy machine
 
 
 def _cells(notebook: nbformat.NotebookNode) -> list[tuple]:
@@ -62,6 +64,27 @@ def test_every_exercise_cell_is_a_stub_with_the_solution_signature() -> None:
             namespace[name](*[None] * namespace[name].__code__.co_argcount)
 
 
+def test_the_student_copy_holds_no_solution_and_the_same_student_notebook(tmp_path: Path) -> None:
+    copy = tmp_path / "course"
+    sync.write_student_copy(copy)
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    kept = sorted(name for name in tracked if not name.startswith("tests/")
+                  and (REPO / name).is_file())
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == kept
+    assignment = "notebooks/04_assignment.py"
+    changed = [name for name in kept if (copy / name).read_bytes() != (REPO / name).read_bytes()]
+    assert changed == [assignment]
+    text = (copy / assignment).read_text()
+    leaked = [line for source in sync.solution_sources() for line in _solution_lines(source)
+              if line in text]
+    assert not leaked, f"solution lines in the student copy: {leaked}"
+    source = jupytext.read(copy / assignment, fmt="py:percent")
+    exercises = [c.source for c in source.cells if "exercise" in c.metadata.get("tags", [])]
+    assert exercises == [c.source for c in student_notebook().cells
+                         if "exercise" in c.metadata.get("tags", [])]
+
+
 def test_a_solution_cell_with_extra_code_is_refused() -> None:
     with pytest.raises(ValueError, match="one function"):
         sync.student_version('def f():\n    """Doc."""\n    return 1\n\nprint(f())\n')
@@ -77,24 +100,73 @@ def _notebook(*sources: str) -> nbformat.NotebookNode:
     return notebook
 
 
+OWN_LOSS = """
+import torch
+import torch.nn.functional as F
+
+def clip_loss(image_emb, text_emb, logit_scale, positives):
+    logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+    targets = positives.to(logits.dtype)
+    rows = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    columns = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (rows + columns) / 2
+"""
+# The same loss with other names, a comment and another layout.
+COPIED_LOSS = """
+import torch
+import torch.nn.functional as F
+def clip_loss(i, t, s, p):
+    z = s * F.normalize(i, dim=-1) @ F.normalize(t, dim=-1).T   # copied, then renamed
+    w = p.to(z.dtype)
+    r = -(w / w.sum(1, keepdim=True) * z.log_softmax(1)).sum(1).mean()
+    c = -(w / w.sum(0, keepdim=True) * z.log_softmax(0)).sum(0).mean()
+    return (r + c) / 2
+"""
 WRONG_LOSS = """
 import torch
 import torch.nn.functional as F
 
-def clip_loss(image_emb, text_emb, logit_scale):
+def clip_loss(image_emb, text_emb, logit_scale, positives):
     logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
-    return F.cross_entropy(logits, torch.arange(len(logits)))   # one direction only
+    return F.cross_entropy(logits, torch.arange(len(logits)))   # one direction, the diagonal
 """
-GOOD_LOSS = "from utils.losses import clip_loss"
+FORGED_GRADES = """
+import utils.course.grading as grading
+grading.save_answers = lambda *args, **kwargs: None
+print('CLIP_PACL_GRADES {"a": {"score": 1.0}, "b": {"score": 1.0}}')
+"""
+SWALLOWS_INTERRUPTS = """
+import time
+while True:
+    try:
+        time.sleep(0.2)
+    except:          # a bare except also catches the grader's interrupt
+        pass
+"""
 
 FAKE_SUBMISSIONS = {
+    "own.ipynb": _notebook(OWN_LOSS),
+    "copied.ipynb": _notebook(COPIED_LOSS),
     "wrong.ipynb": _notebook(WRONG_LOSS),
-    "endless.ipynb": _notebook(GOOD_LOSS, "while True:\n    pass"),
-    "exits.ipynb": _notebook(GOOD_LOSS, "import sys\nsys.exit(1)"),
-    "kills_kernel.ipynb": _notebook(GOOD_LOSS, "import os\nos._exit(3)"),
+    "imports.ipynb": _notebook("from utils.losses import clip_loss"),
+    "aliases.ipynb": _notebook("import utils.pacl\npacl_compatibility = utils.pacl.pacl_compatibility"),
+    "wraps.ipynb": _notebook("from utils.metrics import mean_iou\n\n"
+                             "def voc20_mean_iou(scores, target, ignore_index=255):\n"
+                             "    target = target.masked_fill(target == 0, ignore_index)\n"
+                             "    return mean_iou(scores[:, 1:].argmax(1) + 1, target,\n"
+                             "                    scores.shape[1], ignore_index)['mIoU']"),
+    "uses_the_graders_reference.ipynb": _notebook(
+        "from utils.course.exercises import reference_image_to_text_recall as r\n\n"
+        "def image_to_text_recall(similarity, text_to_image, k):\n"
+        "    return r(similarity, text_to_image, k)"),
+    "forges.ipynb": _notebook(OWN_LOSS, FORGED_GRADES),
+    "endless.ipynb": _notebook(OWN_LOSS, "while True:\n    pass"),
+    "swallows_interrupts.ipynb": _notebook(OWN_LOSS, SWALLOWS_INTERRUPTS, "print('never runs')"),
+    "exits.ipynb": _notebook(OWN_LOSS, "import sys\nsys.exit(1)"),
+    "kills_kernel.ipynb": _notebook(OWN_LOSS, "import os\nos._exit(3)"),
     "deletes_files.ipynb": _notebook(
-        "import os\nfor name in os.listdir('.'):\n    os.remove(name)", GOOD_LOSS),
-    "late/syntax_error.ipynb": _notebook("def clip_loss(:\n    pass", GOOD_LOSS),  # a subfolder
+        "import os\nfor name in os.listdir('.'):\n    os.remove(name)", OWN_LOSS),
+    "late/syntax_error.ipynb": _notebook("def clip_loss(:\n    pass", OWN_LOSS),  # a subfolder
 }
 
 
@@ -115,12 +187,39 @@ def test_one_row_per_submission_and_one_column_per_exercise(graded) -> None:
     rows, _ = graded
     assert set(rows) == {*FAKE_SUBMISSIONS, "not_a_notebook.ipynb"}
     assert list(next(iter(rows.values()))) == ["submission", "a", "b", "c", "d", "e", "total",
-                                               "errors"]
+                                               "own_code", "same_code_as", "errors"]
 
 
-def test_a_wrong_answer_gets_partial_credit_and_no_error(graded) -> None:
-    row = graded[0]["wrong.ipynb"]
-    assert 0 <= float(row["a"]) < 1 and row["b"] == "0.00" and row["errors"] == ""
+def test_own_code_scores_and_a_wrong_answer_gets_partial_credit(graded) -> None:
+    rows, _ = graded
+    assert rows["own.ipynb"]["a"] == "1.00" and rows["own.ipynb"]["errors"] == ""
+    assert rows["own.ipynb"]["b"] == "0.00" and rows["own.ipynb"]["own_code"] == ""
+    assert 0 <= float(rows["wrong.ipynb"]["a"]) < 1 and rows["wrong.ipynb"]["errors"] == ""
+
+
+@pytest.mark.parametrize(("name", "key", "why"), [
+    ("imports.ipynb", "a", "imported from utils.losses"),
+    ("aliases.ipynb", "c", "uses utils"),
+    ("wraps.ipynb", "d", "uses utils.metrics"),
+    ("uses_the_graders_reference.ipynb", "b", "uses utils.course.exercises"),
+])
+def test_borrowed_answers_score_zero_with_the_reason(graded, name: str, key: str, why: str) -> None:
+    row = graded[0][name]
+    assert row[key] == "0.00" and row["total"] == "0.00"
+    assert f"({key})" in row["own_code"] and why in row["own_code"]
+
+
+def test_a_notebook_cannot_forge_its_grade(graded) -> None:
+    row = graded[0]["forges.ipynb"]
+    assert row["total"] == "0.00" and "changes the course's code" in row["own_code"]
+
+
+def test_the_same_code_under_other_names_is_flagged(graded) -> None:
+    rows, _ = graded
+    assert rows["own.ipynb"]["same_code_as"].startswith("(a) ")
+    assert "copied.ipynb" in rows["own.ipynb"]["same_code_as"]
+    assert "own.ipynb" in rows["copied.ipynb"]["same_code_as"]
+    assert rows["wrong.ipynb"]["same_code_as"] == ""
 
 
 def test_an_endless_loop_is_stopped_and_what_came_before_still_counts(graded) -> None:
@@ -129,14 +228,20 @@ def test_an_endless_loop_is_stopped_and_what_came_before_still_counts(graded) ->
     assert row["a"] == "1.00"
 
 
+def test_a_cell_that_swallows_the_interrupt_is_killed_and_what_came_before_counts(graded) -> None:
+    row = graded[0]["swallows_interrupts.ipynb"]
+    assert f"cell 2 did not stop within {FAKE_TIMEOUT_S} s" in row["errors"]
+    assert "was killed" in row["errors"] and row["a"] == "1.00"
+
+
 def test_sys_exit_is_an_error_of_that_cell_only(graded) -> None:
     row = graded[0]["exits.ipynb"]
     assert "cell 2: SystemExit" in row["errors"] and row["a"] == "1.00"
 
 
-def test_a_dead_kernel_is_recorded(graded) -> None:
+def test_a_dead_kernel_is_recorded_and_earlier_answers_count(graded) -> None:
     row = graded[0]["kills_kernel.ipynb"]
-    assert "kernel died in cell 2" in row["errors"] and row["a"] == ""
+    assert "kernel died in cell 2" in row["errors"] and row["a"] == "1.00"
 
 
 def test_deleting_files_touches_only_its_own_copy(graded) -> None:
@@ -160,14 +265,6 @@ def test_the_solution_notebook_runs_cleanly_and_passes_every_check(tmp_path: Pat
     nbformat.write(sync.notebook_for(sync.ASSIGNMENT_SOURCE, student=False),
                    folder / sync.SOLUTION_FILE)
     rows = grade_submissions.grade_folder(folder, tmp_path / "grades.csv", timeout=240)
-    assert rows[0]["errors"] == ""
+    assert rows[0]["errors"] == "" and rows[0]["own_code"] == ""
     assert [rows[0][key] for key in ("a", "b", "c", "d", "e")] == ["1.00"] * 5
-
-
-def test_grades_come_from_the_graders_own_last_line() -> None:
-    from utils.course.grading import GRADES_MARKER
-
-    printed = (f'{GRADES_MARKER} {{"a": {{"score": 1.0}}}}\nstudent output\n'
-               f'{GRADES_MARKER} {{"a": {{"score": 0.25}}}}\n')
-    assert grade_submissions._grades(printed) == {"a": {"score": 0.25}}
-    assert grade_submissions._grades(f"{GRADES_MARKER} not json") == {}
+    assert rows[0]["same_code_as"].count("the reference solution") == 5

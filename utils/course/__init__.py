@@ -1,2 +1,2 @@
-"""The course's own tooling, not course content: notebook helpers, the assignment's grading, and
-the `make demo` job."""
+"""The course's own tooling, not course content: notebook helpers, the assignment's grading, the
+instant checks of the notebooks' practice cells, and the `make demo` job."""
