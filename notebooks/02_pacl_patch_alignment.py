@@ -321,8 +321,8 @@ print(f"maps of different words on the same image correlate at {prompt_agreement
 # class token; for the course's CNN, the average of its feature-map cells)
 # with captions. A single patch sent through the same projection head is an input the head never
 # saw on its own, and its cosine with a caption is a by-product: it can be right where the pool
-# happened to rely on that patch, and arbitrary elsewhere. The PACL paper reports that segmenting
-# with raw CLIP ViT-B/16 patch tokens works poorly, which is the gap PACL closes. (In FAST mode the
+# happened to rely on that patch, and arbitrary elsewhere. The PACL paper shows that the patch
+# tokens of CLIP ViT-B/16 are poorly aligned with text, which is the gap PACL closes. (In FAST mode the
 # CLIP is nearly untrained and the maps are noise.) On the course's CLIP trained in full, expect a
 # correlation well above 0.5: the maps of different words on one image are largely copies of each
 # other.
@@ -451,14 +451,13 @@ passed = practice.check_weight_ratio(largest_weight_ratio)
 # %% [markdown]
 # ## 4 · What PACL trains on: phrases that name one region
 #
-# The paper trains on image-caption pairs. Think about what the softmax over the patches asks of a
-# caption: "which patches match *a large red circle left of a small blue square*?" The honest answer
+# Think about what the softmax over the patches asks of a whole caption: "which patches match *a large red circle left of a small blue square*?" The honest answer
 # is "the whole image", and the loss then teaches every patch to summarise the caption. A phrase
 # that names one object, "red circle", has a real answer: the patches of the red circle. So the
 # course trains on the **object phrases of each caption** (nouns with the words that describe them),
 # each put into a CLIP-style template ("a photo of a red circle"), the same form that segmentation
-# will use for class names in notebook 03. This is the course's choice; section 7 measures it
-# against training on the captions.
+# will use for class names in notebook 03. Training on these phrases *only*, without the captions,
+# is the course's choice; section 7 measures it against training on the captions.
 #
 # One mechanism serves both datasets: `extract_phrases` looks a caption's words up in a vocabulary
 # of object nouns (plurals undone) and of modifiers (colours, sizes, ...), and keeps each noun alone
@@ -676,13 +675,13 @@ else:
 # %% [markdown]
 # ## 7 · What the texts and the temperature change
 #
-# Sections 3 and 4 made two choices that are the course's, not the paper's: object phrases instead
-# of whole captions, and a softmax temperature of 0.1 instead of plain cosines. Here PACL is
-# trained twice more on the same frozen features, for the same epochs, changing one thing at a
-# time, and each result is measured the same way:
+# Sections 3 and 4 made two choices of the course: object phrases instead of whole captions, and
+# a softmax temperature of 0.1 instead of plain cosines. Here PACL is trained twice more on the
+# same frozen features, for the same epochs, changing one thing at a time, and each result is
+# measured the same way:
 #
-# - **captions, plain cosines**: the paper's compatibility trained on the captions themselves;
-# - **phrases, plain cosines**: this notebook's texts, the paper's softmax;
+# - **captions, plain cosines**: PACL's compatibility (Eq. 2-3) trained on the captions themselves;
+# - **phrases, plain cosines**: this notebook's texts, the softmax of Eq. 2 without a temperature;
 # - **phrases, τ = 0.1**: the embedder trained in section 5.
 #
 # Two measures: the localisation AUC of section 6 (shape and colour words), and how many patches

@@ -227,8 +227,7 @@ result_c = check_exercise("c", pacl_compatibility)
 # nothing, and a class that appears neither in the prediction nor in the target is left out of the
 # mean.
 #
-# Notebook 03 (§3) scored PACL the way its paper's VOC-20 numbers are reported: on *object pixels
-# only*. The model is never asked where the background is: the background pixels of the target are
+# Notebook 03 (§3) also scored each method under the VOC-20 protocol: on *object pixels only*. The model is never asked where the background is: the background pixels of the target are
 # ignored, and every pixel is predicted as its best *object* class, even where a background score
 # would win. Here the model's output is a score per pixel for the background (channel 0) and for
 # $C$ object classes (channels $1..C$); the target holds 0 for background, $1..C$ for objects, and

@@ -23,6 +23,7 @@ from utils.sources.voc import (
     VOC_ARCHIVE,
     VOC_CLASSES,
     VOC_PROMPT_NAMES,
+    VOC_URLS,
     load_voc_mask,
     load_voc_split,
     prepare_voc,
@@ -117,7 +118,7 @@ def server(served: Path):
 
 
 def _prepare(server: LocalHTTPServer, served: Path, root: Path) -> Path:
-    return prepare_voc(root, url=server.url(VOC_ARCHIVE), md5=md5sum(served / VOC_ARCHIVE),
+    return prepare_voc(root, urls=[server.url(VOC_ARCHIVE)], md5=md5sum(served / VOC_ARCHIVE),
                        progress=False)
 
 
@@ -155,12 +156,35 @@ def test_prepare_resumes_a_cut_download(server: LocalHTTPServer, served: Path,
 def test_prepare_rejects_a_wrong_checksum_and_an_archive_without_val(
         server: LocalHTTPServer, served: Path, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="failed its checksum"):
-        prepare_voc(tmp_path / "a", url=server.url(VOC_ARCHIVE), md5="0" * 32, progress=False)
+        prepare_voc(tmp_path / "a", urls=[server.url(VOC_ARCHIVE)], md5="0" * 32, progress=False)
     assert list((tmp_path / "a").iterdir()) == []
     _build_tar(served / "no_val.tar", with_val=False)
     with pytest.raises(FileNotFoundError, match="val.txt"):
-        prepare_voc(tmp_path / "b", url=server.url("no_val.tar"), md5=None, progress=False)
+        prepare_voc(tmp_path / "b", urls=[server.url("no_val.tar")],
+                    md5=md5sum(served / "no_val.tar"), progress=False)
     assert not (tmp_path / "b" / "VOCdevkit").exists()
+
+
+def test_prepare_tries_each_location_in_order_and_says_what_failed(
+        server: LocalHTTPServer, served: Path, tmp_path: Path, capsys) -> None:
+    (served / "wrong.tar").write_bytes(b"not the archive")
+    urls = [server.url("missing.tar"), server.url("wrong.tar"), server.url(VOC_ARCHIVE)]
+    voc_dir = prepare_voc(tmp_path / "voc", urls=urls, md5=md5sum(served / VOC_ARCHIVE),
+                          progress=False)
+    assert read_voc_split(voc_dir) == VAL
+    printed = capsys.readouterr().out
+    assert f"Could not download from {urls[0]}" in printed and "404" in printed
+    assert f"Could not download from {urls[1]}" in printed and "checksum" in printed
+    with pytest.raises(DownloadError, match="None of the 2 locations") as failure:
+        prepare_voc(tmp_path / "again", urls=urls[:2], md5=md5sum(served / VOC_ARCHIVE),
+                    progress=False)
+    assert urls[0] in str(failure.value) and urls[1] in str(failure.value)
+    assert str(tmp_path / "again" / VOC_ARCHIVE) in str(failure.value)
+
+
+def test_the_default_locations_start_with_oxfords_current_host() -> None:
+    assert VOC_URLS[0].startswith("https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/")
+    assert all(url.endswith(VOC_ARCHIVE) for url in VOC_URLS) and len(set(VOC_URLS)) == 3
 
 
 def test_masks_are_read_as_class_ids_not_colours(server: LocalHTTPServer, served: Path,

@@ -4,6 +4,8 @@ Shared by every dataset the course fetches (:mod:`utils.sources.flickr8k`, :mod:
 
 - :func:`download_file` streams a URL into ``<dest>.part``, resumes a cut download with an HTTP
   Range request, checks the MD5 and only then renames the file to its final name;
+- :func:`download_from_mirrors` tries several URLs of the same file in order (the MD5 proves any
+  mirror's copy), saying what failed at each;
 - :func:`extract_zip_atomic` / :func:`extract_tar_atomic` unpack into a hidden temporary folder
   that is renamed into place at the end, so an interrupted run leaves no half-extracted folder;
   members that would land outside the folder ("zip-slip") are refused before anything is written.
@@ -76,6 +78,29 @@ def download_file(
     _fetch_into_part(url, part, md5, timeout=timeout, progress=progress)
     _publish_if_valid(part, dest, md5)
     return dest
+
+
+def download_from_mirrors(urls: Iterable[str], dest: Path, md5: str, *, timeout: float = 60,
+                          progress: bool = True) -> Path:
+    """:func:`download_file` from the first of ``urls`` that delivers the file with this ``md5``.
+
+    Each failure is printed with the next URL to try; a download cut on one mirror resumes on
+    the next (the same bytes, checked by the same MD5). Raises :class:`DownloadError` listing
+    every URL and what went wrong there when none delivers.
+    """
+    urls = list(urls)
+    failures = []
+    for position, url in enumerate(urls):
+        try:
+            return download_file(url, dest, md5, timeout=timeout, progress=progress)
+        except DownloadError as error:
+            failures.append(f"  {url}: {error}")
+            if position + 1 < len(urls):
+                print(f"Could not download from {url} ({error}); trying {urls[position + 1]}")
+    raise DownloadError(
+        f"None of the {len(urls)} locations delivered {Path(dest).name}:\n" + "\n".join(failures)
+        + f"\nCheck the connection, or download the file yourself (MD5 {md5}) and put it at "
+        f"{dest}; the next run uses it without downloading.")
 
 
 def _fetch_into_part(

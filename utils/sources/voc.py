@@ -14,15 +14,15 @@ colours you see in an image viewer are only the palette: read the indices (``np.
 ``P``-mode image), never ``convert("RGB")`` or ``convert("L")``, which turn them into colours or
 grey levels.
 
-:func:`prepare_voc` downloads the 2 GB archive (resumable, MD5-checked, see
-:mod:`utils.sources.download`) and extracts only the segmentation part (~2900 JPEGs with masks, not all
+:func:`prepare_voc` downloads the 2 GB archive (from Oxford's current host or a mirror,
+resumable, MD5-checked, see :mod:`utils.sources.download`) and extracts only the segmentation part (~2900 JPEGs with masks, not all
 17,125), atomically. :func:`load_voc_split` reads images and masks back, with a cap.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -34,13 +34,22 @@ from tqdm.auto import tqdm
 from utils.data import load_image
 from utils.metrics import iou_from_confusion, segmentation_confusion
 from utils.sources.download import (
-    download_file,
+    download_from_mirrors,
     extract_tar_atomic,
     tar_member_names,
 )
 
-VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+# Where the trainval archive is, tried in order. Oxford moved the VOC datasets to this host in
+# 2025 (the old host was offline for months, then came back redirecting here: pytorch/vision
+# #9216); the second is the old address, the third a copy on Amazon S3 kept by the d2l.ai book.
+# The MD5 proves any copy.
+VOC_URLS = (
+    "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    "https://d2l-data.s3-accelerate.amazonaws.com/VOCtrainval_11-May-2012.tar",
+)
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
+VOC_ARCHIVE_BYTES = 1_999_639_040       # what the download costs, printed before it starts
 VOC_ARCHIVE = "VOCtrainval_11-May-2012.tar"
 VOC_SUBDIR = "VOCdevkit/VOC2012"
 IMAGES, MASKS, SPLITS = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
@@ -62,21 +71,21 @@ IGNORE_INDEX = 255
 # Download and extraction
 # --------------------------------------------------------------------------------------------
 
-def prepare_voc(root: str | os.PathLike[str], *, url: str = VOC_URL, md5: str | None = VOC_MD5,
-                keep_archive: bool = False, progress: bool = True) -> Path:
+def prepare_voc(root: str | os.PathLike[str], *, urls: Sequence[str] = VOC_URLS,
+                md5: str = VOC_MD5, keep_archive: bool = False, progress: bool = True) -> Path:
     """Make ``root/VOCdevkit/VOC2012`` hold VOC 2012's segmentation data; return that folder.
 
-    Downloads the trainval archive into ``root`` (resumed if cut, MD5-checked), extracts the
-    split lists, the masks and the JPEGs that have a mask into a hidden folder, then renames
-    ``VOCdevkit`` into place: it exists only once complete, and a second call finds it and
-    touches no network. ``url`` may point at a mirror when the Oxford server is slow.
+    Downloads the trainval archive into ``root`` from the first of ``urls`` that delivers it
+    (resumed if cut, MD5-checked, each failure explained), extracts the split lists, the masks
+    and the JPEGs that have a mask into a hidden folder, then renames ``VOCdevkit`` into place:
+    it exists only once complete, and a second call finds it and touches no network.
     """
     root = Path(root).expanduser()
     voc_dir = root / VOC_SUBDIR
     if (voc_dir / SPLITS / "val.txt").is_file():
         return voc_dir
     root.mkdir(parents=True, exist_ok=True)
-    archive = download_file(url, root / VOC_ARCHIVE, md5, progress=progress)
+    archive = download_from_mirrors(urls, root / VOC_ARCHIVE, md5, progress=progress)
     staging = root / ".voc_extracted"
     if not staging.is_dir():    # complete if it exists (atomic): reuse it after a crash
         extract_tar_atomic(archive, staging, keep=_segmentation_members(archive),
@@ -85,8 +94,7 @@ def prepare_voc(root: str | os.PathLike[str], *, url: str = VOC_URL, md5: str | 
     if not (top / "VOC2012" / SPLITS / "val.txt").is_file():
         raise FileNotFoundError(
             f"{archive} has no {VOC_SUBDIR}/{SPLITS}/val.txt: it is not the VOC 2012 trainval "
-            f"archive (downloaded from {url}). Delete {archive} and {staging}, check the URL, and "
-            "run again.")
+            f"archive. Delete {archive} and {staging}, check the URLs, and run again.")
     os.replace(top, root / top.name)
     staging.rmdir()
     if not keep_archive:
