@@ -119,6 +119,7 @@ from utils.course.notebook import (
     show,
     synthetic_dataset,
 )
+from utils.course.standalone import keep_outputs_in_drive
 from utils.data import (
     ImageCaptionDataset,
     load_image,
@@ -173,10 +174,13 @@ else:                                     # offline: the course's CLIP, D = 128
     EPOCHS, BATCH_SIZE, LR = 4, 64, 1e-2  # as `make demo`
 TEMPERATURE = 0.1                         # softmax over patches: the course's; None = plain cosines
 COMPARE_RECIPES = DATASET == "synthetic"  # section 7: retrain with the paper's texts and softmax
+KEEP_IN_DRIVE = False                     # Colab: outputs in Google Drive, for notebook 03
 
 SEED = 0
 NUM_WORKERS = 2 if IN_COLAB else 0
 DEVICE = pick_device()
+if KEEP_IN_DRIVE and IN_COLAB:
+    keep_outputs_in_drive()
 DATA_DIR = data_dir()                     # $CLIP_PACL_DATA or <repo>/data
 CLIP_DIR = outputs_dir("01_clip") / "clip"   # where notebook 01 saved its CLIP
 OUT_DIR = outputs_dir("02_pacl")          # $CLIP_PACL_OUTPUTS/02_pacl or <repo>/outputs/02_pacl

@@ -114,6 +114,7 @@ from utils.course.notebook import (
     show,
     synthetic_dataset,
 )
+from utils.course.standalone import keep_outputs_in_drive, rebuild_pacl
 from utils.data import load_image, load_split, locate_dataset
 from utils.models import load_clip
 from utils.pacl import patch_text_similarity
@@ -172,8 +173,11 @@ TUNE_IMAGES = 100 if FAST else 300      # dev images used to tune the background
 RUN_VOC = BACKBONE == "openai"          # score Pascal VOC 2012 val (downloads ~2 GB once)
 VOC_MAX_IMAGES = 300                    # cap on VOC val images (None: all 1449)
 VOC_TUNE_IMAGES = 50                    # VOC *train* images used to tune VOC's background
+KEEP_IN_DRIVE = False                   # Colab: outputs in Google Drive, to reuse 02's PACL
 
 DEVICE = pick_device()
+if KEEP_IN_DRIVE and IN_COLAB:
+    keep_outputs_in_drive()
 DATA_DIR = data_dir()                   # $CLIP_PACL_DATA or <repo>/data
 CLIP_DIR = outputs_dir("01_clip") / "clip"
 PACL_DIR = outputs_dir("02_pacl") / "pacl"
@@ -186,7 +190,11 @@ print(f"backbone={BACKBONE}  fast={FAST}  device={DEVICE}  voc={RUN_VOC}\noutput
 # `load_pacl` checks that the embedder was trained on *this* CLIP (it compares a hash of the
 # backbone's weights that notebook 02 stored with it): an embedder only makes sense on top of the
 # patches it was trained on. If notebooks 01 and 02 have not been run here, the next cell trains
-# both with `utils.course.demo`, the same recipe (a few minutes).
+# what is missing with their recipe: offline both CLIP and PACL with `utils.course.demo` (a few
+# minutes); on Colab, PACL on OpenAI's CLIP with `utils.course.standalone.rebuild_pacl`, which
+# runs the frozen ViT-B/16 once over Flickr8k's 6000 training images (downloading Flickr8k first),
+# then trains the small embedder. Each Colab notebook is its own runtime: set `KEEP_IN_DRIVE = True`
+# here and in notebook 02 to keep their outputs in Google Drive and reuse 02's PACL instead.
 
 # %%
 if BACKBONE == "openai":
@@ -205,19 +213,16 @@ else:
     backbone = CourseCLIPBackbone(clip_model, clip_tokenizer)
     IMAGE_SIZE = clip_model.config.image_size
 
-try:
-    pacl, pacl_meta = load_pacl(PACL_DIR, device=DEVICE, backbone=backbone)
-except FileNotFoundError as error:
-    if BACKBONE != "openai":
-        raise
-    print(f"{error}\nGoing on without PACL: raw patches and MaskCLIP only.")
-    pacl = None
+if BACKBONE == "openai" and not (PACL_DIR / "pacl_config.json").exists():
+    print(f"No PACL in {PACL_DIR}: notebook 02 ran in another runtime (or not at all), and its "
+          "outputs were not kept in Drive. Training one here with notebook 02's recipe.")
+    rebuild_pacl(backbone, PACL_DIR, DATA_DIR / "flickr8k", IMAGE_SIZE, num_workers=2)
+pacl, pacl_meta = load_pacl(PACL_DIR, device=DEVICE, backbone=backbone)
 
 METHODS = ["raw"]
 if isinstance(backbone, HFCLIPBackbone):
     METHODS.append("maskclip")          # MaskCLIP's trick needs a ViT's last attention block
-if pacl is not None:
-    METHODS.append("pacl")
+METHODS.append("pacl")
 GRID = backbone.grid_shape(IMAGE_SIZE)
 print(f"images at {IMAGE_SIZE} px -> {GRID[0]} x {GRID[1]} patches; methods: {METHODS}")
 
@@ -235,8 +240,8 @@ print(f"{dataset_root}: classes {CLASSES}; {len(dev_names)} dev images to tune, 
 # %% [markdown]
 # ## 2 · From scores to a mask, step by step
 #
-# We follow one test image through the whole pipeline with PACL (or, without PACL, the raw
-# patches), and check at the end that `utils.segmentation` gives the very same mask.
+# We follow one test image through the whole pipeline with PACL (`METHOD = "raw"` below follows
+# the raw patches instead), and check at the end that `utils.segmentation` gives the very same mask.
 #
 # **Class vectors from a prompt ensemble.** A bare word is an odd caption, so each class name is put
 # into every template of `utils.prompts.PROMPT_TEMPLATES` ("a photo of a {}", ...); each prompt
@@ -274,7 +279,7 @@ print(f"{len(prompts)} prompts, e.g. {prompts[:2]} -> class vectors {tuple(class
 # colour scale, so they can be compared.
 
 # %%
-METHOD = "pacl" if pacl is not None else "raw"
+METHOD = "pacl"                         # "raw" follows the raw patches through the same steps
 segmenter = Segmenter(backbone, CLASSES, method=METHOD, pacl=pacl)   # its logit scale, below
 name = next(n for n in test_names if len(np.unique(load_mask(masks_dir / n))) >= 3)
 image, truth = load_image(files.images_dir / name), load_mask(masks_dir / name)
@@ -542,7 +547,7 @@ print(format_table([f"background rule ({METHOD})", "test mIoU, all pixels"],
 # %% [markdown]
 # ## 4 · Explore: your own prompts
 #
-# The explorer below segments one image at a time with PACL (or the raw patches without it). Pick
+# The explorer below segments one image at a time with PACL. Pick
 # an image, untick classes, **type new ones** (comma-separated: "red shape, blue shape" or "a big
 # circle"), and move the background threshold of the rule chosen on dev images (printed above the
 # widget). Each change redraws three panels: the image, the

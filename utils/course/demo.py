@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from utils.backbones import CourseCLIPBackbone
+from utils.course.standalone import PACLRecipe, train_pacl_recipe
 from utils.data import (
     CaptionCollator,
     DatasetFiles,
@@ -39,7 +40,7 @@ from utils.data import (
 from utils.evaluation import SplitEmbeddings, embed_split
 from utils.losses import clip_batch_loss
 from utils.models import CLIP, CLIPConfig, clip_parameter_groups, save_clip
-from utils.pacl import PACL, pacl_batch_loss, pacl_parameter_groups
+from utils.pacl import PACL
 from utils.plots.clip import (
     plot_retrieval_gallery,
     plot_similarity_matrix,
@@ -52,11 +53,10 @@ from utils.plots.segmentation import (
     plot_miou_bars,
     plot_worst_cases,
 )
-from utils.prompts import SHAPES_VOCABULARY, training_texts
+from utils.prompts import SHAPES_VOCABULARY
 from utils.segmentation import Segmenter, run_segmentation, tune_background
 from utils.sources.synthetic import CLASS_NAMES, ensure_captioned_shapes
 from utils.storage.atomic import write_text_atomic
-from utils.storage.feature_cache import cache_features, pacl_feature_loader
 from utils.storage.image_cache import ArrayImageCaptionDataset, cache_image_array
 from utils.storage.pacl_io import BACKBONE_KEY, save_pacl
 from utils.tokenization import train_wordpiece_tokenizer
@@ -238,32 +238,23 @@ def run_demo(config: DemoConfig) -> dict:
 
 def train_pacl(config: DemoConfig, backbone: CourseCLIPBackbone, files: DatasetFiles,
                train_items: list, train_images: Path, out_dir: Path) -> tuple[PACL, History]:
-    """PACL on the frozen CLIP: training texts -> feature cache (under ``out_dir/cache``, reused
-    when it is there) -> trained vision embedder.
+    """PACL on the frozen CLIP with :func:`utils.course.standalone.train_pacl_recipe`: training
+    texts -> feature cache (under ``out_dir/cache``, reused when it is there) -> trained vision
+    embedder.
 
     ``train_images`` is CLIP's decoded training array (:func:`utils.storage.image_cache.cache_image_array`),
-    read again here instead of the PNGs.
-
-    Each image's texts are the object phrases its captions name ("circle", "red circle", "large
-    red circle"), each in one prompt template drawn with ``config.seed``
-    (:func:`utils.prompts.training_texts`), after the captions themselves with
-    ``config.pacl_with_captions``; the embedder starts and draws its batches with
-    ``config.pacl_seed``, so other PACL seeds reuse the same feature cache.
+    read again here instead of the PNGs. The texts are drawn with ``config.seed``; the embedder
+    starts and draws its batches with ``config.pacl_seed``, so other PACL seeds reuse the same
+    feature cache.
     """
-    rng = np.random.default_rng(config.seed)
-    items = [(name, training_texts(captions, SHAPES_VOCABULARY, rng=rng,
-                                   with_captions=config.pacl_with_captions))
-             for name, captions in train_items]
-    cache = cache_features(backbone, files.images_dir, items, config.image_size,
-                           out_dir / "cache", "captioned-shapes-train", image_array=train_images,
-                           progress=config.progress)
-    seed_everything(config.pacl_seed)
-    pacl = PACL(config.embed_dim, softmax_temperature=config.pacl_softmax_temperature)
-    history = fit(pacl, pacl_parameter_groups(pacl, config.pacl_lr),
-                  pacl_feature_loader(cache, config.pacl_batch_size), pacl_batch_loss,
-                  TrainConfig(epochs=config.pacl_epochs, seed=config.pacl_seed, eval_every=0,
-                              progress=config.progress))
-    return pacl.eval(), history
+    recipe = PACLRecipe(epochs=config.pacl_epochs, batch_size=config.pacl_batch_size,
+                        lr=config.pacl_lr, temperature=config.pacl_softmax_temperature,
+                        seed=config.seed)
+    return train_pacl_recipe(backbone, files.images_dir, train_items, SHAPES_VOCABULARY,
+                             config.image_size, out_dir / "cache", "captioned-shapes-train", recipe,
+                             embedder_seed=config.pacl_seed,
+                             with_captions=config.pacl_with_captions, image_array=train_images,
+                             progress=config.progress)
 
 
 def segment_splits(config: DemoConfig, backbone: CourseCLIPBackbone, pacl: PACL,
