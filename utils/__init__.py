@@ -21,6 +21,7 @@ The plumbing, by concern:
 - ``sources``       synthetic captioned shapes, Flickr8k, Pascal VOC, verified downloads
 - ``storage``       atomic writes, guarded loading, image and feature caches, saved PACLs
 - ``plots``         CLIP's figures, segmentation figures, the interactive explorer
-- ``course``        notebook helpers, the assignment's grading, the practice cells' checks, the
-                    ``make demo`` job
+- ``course``        notebook helpers, the assignment (exercises, grading, reading submissions),
+                    the practice cells' checks, what a Colab notebook rebuilds, the ``make demo``
+                    job
 """
