@@ -142,6 +142,7 @@ from utils.plots.clip import (
     plot_similarity_matrix,
     plot_training_curves,
 )
+from utils.sources.flickr8k import FLICKR8K_ARCHIVES, FLICKR8K_BASE_URL, prepare_flickr8k
 from utils.sources.synthetic import COLOURS, SHAPES
 from utils.train import TrainConfig, fit, seed_everything
 
@@ -149,22 +150,24 @@ from utils.train import TrainConfig, fit, seed_everything
 # ### Parameters
 #
 # Everything a run decides is in the next cell. The defaults: Flickr8k with pretrained encoders on
-# Colab, the synthetic set with tiny encoders elsewhere, FAST mode when `CLIP_PACL_FAST=1`. Data goes
+# Colab, the synthetic set with tiny encoders elsewhere, FAST mode (tiny encoders, two epochs) when
+# `CLIP_PACL_FAST=1`. `FLICKR8K_URL` can point at a mirror of the two archives. Data goes
 # to `data/` and results to `outputs/01_clip/` under the repository, or wherever the environment
 # variables `CLIP_PACL_DATA` and `CLIP_PACL_OUTPUTS` point.
 
 # %% tags=["parameters"]
-FAST = fast_mode()                        # CLIP_PACL_FAST=1: small synthetic set, two epochs
-DATASET = "flickr8k" if IN_COLAB and not FAST else "synthetic"
+FAST = fast_mode()                        # CLIP_PACL_FAST=1: tiny encoders, two epochs
+DATASET = "flickr8k" if IN_COLAB else "synthetic"
+FLICKR8K_URL, FLICKR8K_MD5S = FLICKR8K_BASE_URL, FLICKR8K_ARCHIVES   # where Flickr8k comes from
 
-if DATASET == "flickr8k":                 # Colab: pretrained encoders, fine-tuned on photos
+if DATASET == "flickr8k" and not FAST:    # Colab: pretrained encoders, fine-tuned on photos
     IMAGE_ENCODER, TEXT_ENCODER, PRETRAINED = "resnet50", "distilbert", True
     IMAGE_SIZE, EMBED_DIM, MAX_LENGTH, VOCAB_SIZE = 224, 256, 48, None
     CNN_WIDTH = None                      # only the tiny CNN has a width to choose
     EPOCHS, BATCH_SIZE, DROPOUT = 5, 64, 0.1
     CAPTIONS_PER_IMAGE = 1                # the Colab recipe, as measured (section 7)
     ENCODER_LR, HEAD_LR, WEIGHT_DECAY = 3e-5, 1e-3, 0.05   # gentle on pretrained weights
-else:                                     # offline: everything trained from scratch
+else:                                     # offline, or FAST: everything trained from scratch
     IMAGE_ENCODER, TEXT_ENCODER, PRETRAINED = "tiny_cnn", "tiny_distilbert", False
     IMAGE_SIZE, EMBED_DIM, MAX_LENGTH, VOCAB_SIZE = 64, 128, 48, 400
     CNN_WIDTH = 48                        # channels of the tiny CNN, as `make demo`
@@ -234,11 +237,10 @@ display(Image(filename=str(repo_root() / "Images" / "clip_architecture.png"), wi
 
 # %%
 if DATASET == "flickr8k":
-    from utils.sources.flickr8k import prepare_flickr8k
-
     # Downloads the two official archives once (MD5-checked, resumable) and unpacks them. Have the
     # Kaggle copy (Images/ + captions.txt) already? Use utils.sources.flickr8k.use_kaggle_copy(path).
-    dataset_root = prepare_flickr8k(DATA_DIR / "flickr8k")
+    dataset_root = prepare_flickr8k(DATA_DIR / "flickr8k", base_url=FLICKR8K_URL,
+                                    archives=FLICKR8K_MD5S)
 else:
     dataset_root = synthetic_dataset(FAST, image_size=IMAGE_SIZE)  # generated once, then reused
 

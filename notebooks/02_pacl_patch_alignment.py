@@ -148,6 +148,7 @@ from utils.prompts import (
     normalise_text,
     training_texts,
 )
+from utils.sources.flickr8k import FLICKR8K_ARCHIVES, FLICKR8K_BASE_URL, prepare_flickr8k
 from utils.sources.synthetic import CLASS_NAMES, COLOURS, SHAPES, shape_footprint
 from utils.storage.feature_cache import cache_features, pacl_feature_loader
 from utils.storage.pacl_io import load_pacl, save_pacl
@@ -163,12 +164,14 @@ from utils.train import TrainConfig, fit, seed_everything
 # %% tags=["parameters"]
 # Parameters
 FAST = fast_mode()                        # CLIP_PACL_FAST=1: small synthetic set, few epochs
-BACKBONE = "openai" if IN_COLAB and not FAST else "course"
+BACKBONE = "openai" if IN_COLAB else "course"
 DATASET = "flickr8k" if BACKBONE == "openai" else "synthetic"
+CLIP_NAME = HF_CLIP_NAME                  # Colab's CLIP: a Hugging Face hub name or a local folder
+FLICKR8K_URL, FLICKR8K_MD5S = FLICKR8K_BASE_URL, FLICKR8K_ARCHIVES   # where Flickr8k comes from
 
 if BACKBONE == "openai":                  # Colab: the paper's backbone, 224 px, D = 512
     IMAGE_SIZE = 224
-    EPOCHS, BATCH_SIZE, LR = 10, 128, 1e-3
+    EPOCHS, BATCH_SIZE, LR = (1 if FAST else 10), 128, 1e-3
 else:                                     # offline: the course's CLIP, D = 128
     IMAGE_SIZE = None                     # the size the CLIP was trained at (read from it below)
     EPOCHS, BATCH_SIZE, LR = 4, 64, 1e-2  # as `make demo`
@@ -209,8 +212,8 @@ print(f"backbone={BACKBONE}  dataset={DATASET}  fast={FAST}  device={DEVICE}  ep
 
 # %%
 if BACKBONE == "openai":
-    backbone = load_hf_clip(HF_CLIP_NAME, device=DEVICE)     # downloads ~600 MB the first time
-    source = HF_CLIP_NAME
+    backbone = load_hf_clip(CLIP_NAME, device=DEVICE)        # downloads ~600 MB the first time
+    source = CLIP_NAME
 else:
     if not (CLIP_DIR / "clip_config.json").exists():
         print(f"No CLIP in {CLIP_DIR}: notebook 01 has not been run here. Training one now with "
@@ -231,10 +234,9 @@ print(f"frozen CLIP: {source}\nimages {IMAGE_SIZE} px -> a {GRID[0]} x {GRID[1]}
       f"gradients: {sum(p.requires_grad for p in backbone.model.parameters())}")
 
 # %%
-if DATASET == "flickr8k":
-    from utils.sources.flickr8k import prepare_flickr8k
-
-    dataset_root = prepare_flickr8k(DATA_DIR / "flickr8k")   # ~1 GB, downloaded once
+if DATASET == "flickr8k":                                  # ~1 GB, downloaded once
+    dataset_root = prepare_flickr8k(DATA_DIR / "flickr8k", base_url=FLICKR8K_URL,
+                                    archives=FLICKR8K_MD5S)
     objects = None                                          # photos come without object records
 else:
     dataset_root = synthetic_dataset(FAST, image_size=IMAGE_SIZE)

@@ -114,7 +114,7 @@ from utils.course.notebook import (
     show,
     synthetic_dataset,
 )
-from utils.course.standalone import keep_outputs_in_drive, rebuild_pacl
+from utils.course.standalone import PACLRecipe, keep_outputs_in_drive, rebuild_pacl
 from utils.data import load_image, load_split, locate_dataset
 from utils.models import load_clip
 from utils.pacl import patch_text_similarity
@@ -144,11 +144,14 @@ from utils.segmentation import (
     threshold_grid,
     tune_background,
 )
-from utils.sources.photos import REAL_PHOTOS, download_images
+from utils.sources.flickr8k import FLICKR8K_ARCHIVES, FLICKR8K_BASE_URL
+from utils.sources.photos import REAL_PHOTOS, download_images, upload_photos
 from utils.sources.synthetic import CLASS_NAMES
 from utils.sources.voc import (
     VOC_ARCHIVE_BYTES,
+    VOC_MD5,
     VOC_PROMPT_NAMES,
+    VOC_URLS,
     load_voc_split,
     prepare_voc,
     read_voc_split,
@@ -168,11 +171,16 @@ from utils.storage.pacl_io import load_pacl
 # %% tags=["parameters"]
 # Parameters
 FAST = fast_mode()                      # CLIP_PACL_FAST=1: small synthetic set, small models
-BACKBONE = "openai" if IN_COLAB and not FAST else "course"
+BACKBONE = "openai" if IN_COLAB else "course"
+CLIP_NAME = HF_CLIP_NAME                # Colab's CLIP: a Hugging Face hub name or a local folder
+FLICKR8K_URL, FLICKR8K_MD5S = FLICKR8K_BASE_URL, FLICKR8K_ARCHIVES   # to rebuild 02's PACL here
+PHOTO_URLS = {name: photo.url for name, photo in REAL_PHOTOS.items()}   # Colab: real photos
+UPLOAD_PHOTOS = False                   # Colab: add photos of your own to the explorer
 TUNE_IMAGES = 100 if FAST else 300      # dev images used to tune the background rule
 RUN_VOC = BACKBONE == "openai"          # score Pascal VOC 2012 val (downloads ~2 GB once)
 VOC_MAX_IMAGES = 300                    # cap on VOC val images (None: all 1449)
 VOC_TUNE_IMAGES = 50                    # VOC *train* images used to tune VOC's background
+VOC_LOCATIONS, VOC_ARCHIVE_MD5 = VOC_URLS, VOC_MD5   # Oxford's host first, then mirrors
 KEEP_IN_DRIVE = False                   # Colab: outputs in Google Drive, to reuse 02's PACL
 
 DEVICE = pick_device()
@@ -198,7 +206,7 @@ print(f"backbone={BACKBONE}  fast={FAST}  device={DEVICE}  voc={RUN_VOC}\noutput
 
 # %%
 if BACKBONE == "openai":
-    backbone = load_hf_clip(HF_CLIP_NAME, device=DEVICE)        # downloads ~600 MB once
+    backbone = load_hf_clip(CLIP_NAME, device=DEVICE)           # downloads ~600 MB once
     IMAGE_SIZE = 224
 else:
     if not (CLIP_DIR / "clip_config.json").exists() or not (PACL_DIR / "pacl_config.json").exists():
@@ -216,7 +224,9 @@ else:
 if BACKBONE == "openai" and not (PACL_DIR / "pacl_config.json").exists():
     print(f"No PACL in {PACL_DIR}: notebook 02 ran in another runtime (or not at all), and its "
           "outputs were not kept in Drive. Training one here with notebook 02's recipe.")
-    rebuild_pacl(backbone, PACL_DIR, DATA_DIR / "flickr8k", IMAGE_SIZE, num_workers=2)
+    rebuild_pacl(backbone, PACL_DIR, DATA_DIR / "flickr8k", IMAGE_SIZE,
+                 PACLRecipe(epochs=1) if FAST else PACLRecipe(), base_url=FLICKR8K_URL,
+                 archives=FLICKR8K_MD5S, num_workers=2)
 pacl, pacl_meta = load_pacl(PACL_DIR, device=DEVICE, backbone=backbone)
 
 METHODS = ["raw"]
@@ -547,14 +557,15 @@ print(format_table([f"background rule ({METHOD})", "test mIoU, all pixels"],
 # %% [markdown]
 # ## 4 · Explore: your own prompts
 #
-# The explorer below segments one image at a time with PACL. Pick
-# an image, untick classes, **type new ones** (comma-separated: "red shape, blue shape" or "a big
+# The explorer below segments one image at a time with PACL. On Colab its first images are real
+# photos (with `UPLOAD_PHOTOS = True` in the parameters, a file picker adds your own), then the
+# synthetic test images. Pick an image, untick classes, **type new ones** (comma-separated: "red shape, blue shape" or "a big
 # circle"), and move the background threshold of the rule chosen on dev images (printed above the
 # widget). Each change redraws three panels: the image, the
 # mask with a legend, and the probability of the winning class at each pixel.
 #
-# It is built from ipywidgets' core widgets and `interactive` only, so it works with Colab's
-# ipywidgets 7 as well as ipywidgets 8. (In a static view of this notebook, e.g. on GitHub, the
+# It is built from ipywidgets' core widgets and `interactive` only, which ipywidgets 7 (Colab's)
+# and 8 both have. (In a static view of this notebook, e.g. on GitHub, the
 # widget does not show; the figure after it does.)
 
 # %%
@@ -582,8 +593,17 @@ else:   # the cosines that make 5 % and 95 % of the dev pixels background, and a
     slider_range, label = (grid[0] - margin, grid[-1] + margin), "cosine <"
 print(f"{METHOD}: background where {label} threshold (tuned on dev: {choice.threshold:.2f})")
 explorer_names = test_names[:24]
-explorer = segmentation_explorer([load_image(files.images_dir / n) for n in explorer_names],
-                                 segment, CLASSES, image_names=explorer_names,
+explorer_images = [load_image(files.images_dir / n) for n in explorer_names]
+if BACKBONE == "openai":    # Colab: real photos first (and your own, with UPLOAD_PHOTOS = True)
+    photos, failures = download_images(PHOTO_URLS, DATA_DIR / "photos")
+    if UPLOAD_PHOTOS:
+        uploaded, not_images = upload_photos(DATA_DIR / "uploads")
+        photos, failures = {**uploaded, **photos}, {**not_images, **failures}
+    for failed, reason in failures.items():
+        print(f"skipped {failed}: {reason}")
+    explorer_names, explorer_images = [*photos, *explorer_names], [*photos.values(),
+                                                                   *explorer_images]
+explorer = segmentation_explorer(explorer_images, segment, CLASSES, image_names=explorer_names,
                                  threshold=choice.threshold, threshold_range=slider_range,
                                  threshold_label=label)
 display(explorer)
@@ -595,10 +615,10 @@ display(explorer)
 # %%
 colour_prompts = ["red shape", "green shape", "blue shape", "yellow shape", "purple shape",
                   "orange shape"]
-example = load_image(files.images_dir / explorer_names[0])
+example = load_image(files.images_dir / test_names[0])
 colour_scores, colour_mask = segment(example, colour_prompts, choice.threshold)
 show(explorer_figure(example, colour_scores, colour_mask, colour_prompts,
-                     title=f"{explorer_names[0]}: colour prompts"))
+                     title=f"{test_names[0]}: colour prompts"))
 
 # %% [markdown]
 # ## 5 · Real images (Colab)
@@ -611,13 +631,11 @@ show(explorer_figure(example, colour_scores, colour_mask, colour_prompts,
 # only ever seen coloured shapes.
 
 # %%
-if BACKBONE == "openai":
-    photos, failures = download_images({n: p.url for n, p in REAL_PHOTOS.items()},
-                                       DATA_DIR / "photos")
-    for failed, reason in failures.items():
-        print(f"skipped {failed}: {reason}")
+if BACKBONE == "openai":       # the course's photos, downloaded for the explorer above
     distractors = ["car", "bird", "bottle"]
     for photo_name, photo in photos.items():
+        if photo_name not in REAL_PHOTOS:
+            continue                # an uploaded photo: no known classes to list
         classes = [*REAL_PHOTOS[photo_name].classes,
                    *(c for c in distractors if c not in REAL_PHOTOS[photo_name].classes)]
         show(plot_methods_side_by_side(photo, {m: segment(photo, classes, runs[m][3].threshold,
@@ -650,7 +668,7 @@ if RUN_VOC:
     print(f"Pascal VOC 2012: a {VOC_ARCHIVE_BYTES / 1e9:.1f} GB download (once per runtime), then "
           f"{'all 1449' if VOC_MAX_IMAGES is None else f'the first {VOC_MAX_IMAGES} of 1449'} "
           "validation images scored (set VOC_MAX_IMAGES = None for all of them)")
-    voc_dir = prepare_voc(DATA_DIR / "voc")
+    voc_dir = prepare_voc(DATA_DIR / "voc", urls=VOC_LOCATIONS, md5=VOC_ARCHIVE_MD5)
     num_val = len(read_voc_split(voc_dir, "val", VOC_MAX_IMAGES))
     for method in METHODS:
         voc_segmenter = Segmenter(backbone, list(VOC_PROMPT_NAMES), method=method, pacl=pacl)

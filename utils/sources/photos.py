@@ -62,3 +62,25 @@ def download_images(urls: dict[str, str], folder: str | os.PathLike[str],
             (folder / name).unlink(missing_ok=True)   # e.g. an HTML error page saved as .jpg
             failures[name] = f"{url}: {error}"
     return images, failures
+
+
+def upload_photos(folder: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """On Colab: a file picker for photos of your own; each is saved in ``folder`` and read as an
+    RGB array. A file that is not an image is reported, not fatal.
+
+    Returns:
+        ``(images, failures)`` as :func:`download_images` returns them.
+    """
+    from google.colab import files   # only on Colab
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, failures = {}, {}
+    for name, data in files.upload().items():
+        path = folder / Path(name).name
+        path.write_bytes(data)
+        try:
+            images[path.name] = load_image(path)
+        except (DatasetFormatError, OSError) as error:
+            failures[path.name] = f"not an image this course can read: {error}"
+    return images, failures
