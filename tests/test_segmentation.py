@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -83,7 +84,11 @@ def test_maskclip_equals_the_last_block_with_self_only_attention(hf_backbone):
         length = hidden.shape[1]
         self_only = torch.full((length, length), torch.finfo(hidden.dtype).min)
         self_only.fill_diagonal_(0.0)
-        out = vision.encoder.layers[-1](hidden, self_only.expand(2, 1, length, length))
+        last = vision.encoder.layers[-1]
+        # transformers 4.x's layer also takes a causal mask (None for images); 5.x's does not
+        causal = ({"causal_attention_mask": None}
+                  if "causal_attention_mask" in inspect.signature(last.forward).parameters else {})
+        out = last(hidden, self_only.expand(2, 1, length, length), **causal)
         out = out[0] if isinstance(out, tuple) else out
         expected = model.visual_projection(vision.post_layernorm(out[:, 1:]))
     maskclip = maskclip_patch_embeddings(hf_backbone, images)

@@ -8,7 +8,9 @@ pixels of 255, and JPEGs without a mask that extraction must leave out; only tin
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from PIL import Image
 
 from utils.metrics import mean_iou
 from utils.sources.download import DownloadError, extract_tar_atomic, md5sum
-from utils.sources.photos import download_images
+from utils.sources.photos import download_images, upload_photos
 from utils.sources.voc import (
     VOC_ARCHIVE,
     VOC_CLASSES,
@@ -320,3 +322,16 @@ def test_download_images_keeps_the_good_ones_and_names_the_failures(served: Path
         requests = len(server.requests)
         download_images({"cat.jpg": urls["cat.jpg"]}, tmp_path / "photos")
         assert len(server.requests) == requests                     # reused from disk
+
+
+def test_uploaded_photos_are_saved_and_read_and_a_non_image_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    colab = types.ModuleType("google.colab")
+    colab.files = types.SimpleNamespace(upload=lambda: {"../mine.jpg": _jpeg((12, 8), 3),
+                                                        "notes.txt": b"not a picture"})
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    images, failures = upload_photos(tmp_path / "uploads")
+    assert list(images) == ["mine.jpg"] and images["mine.jpg"].shape == (12, 8, 3)
+    assert list(failures) == ["notes.txt"] and "not an image" in failures["notes.txt"]
+    assert (tmp_path / "uploads" / "mine.jpg").is_file()     # a name, never a path, is kept

@@ -240,7 +240,7 @@ def load_hf_clip(name: str = HF_CLIP_NAME, device: str | torch.device = "cpu") -
     try:
         model = CLIPModel.from_pretrained(name)
         tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as error:
+    except (OSError, ValueError) as error:   # transformers 4.x: a missing folder is a ValueError
         raise OSError(
             f"Could not load the CLIP model {name!r} (see the error above). A hub name needs the "
             "network the first time (HF_HUB_OFFLINE=1 forbids it) or a copy in the local Hugging "

@@ -71,7 +71,7 @@ def upload_photos(folder: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
     Returns:
         ``(images, failures)`` as :func:`download_images` returns them.
     """
-    from google.colab import files   # only on Colab
+    from google.colab import files  # only on Colab
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
