@@ -261,8 +261,8 @@ print(f"{dataset_root}: {len(train_items)} training and {len(test_items)} test i
 #
 # Which text? A single word is an unusual caption, so each word is put into the seven templates of
 # `utils.prompts.PROMPT_TEMPLATES` ("a photo of a {}.", "a drawing of a {}.", …) and the seven text
-# vectors are averaged into one: a *prompt ensemble*, as in notebook 01's zero-shot section and in
-# the paper's segmentation. Below, a few test images and one map per word (bright = high cosine;
+# vectors are averaged into one: a *prompt ensemble*, as in notebook 01's zero-shot section (the
+# idea is CLIP's, Sec. 3.1.4; the seven templates are the course's). Below, a few test images and one map per word (bright = high cosine;
 # each map has its own colour scale, with its range printed under it).
 
 # %%
@@ -549,7 +549,9 @@ print(f"{time.perf_counter() - started:.0f} s; train patches {train_cache.patch_
 # %% [markdown]
 # The embedder is the paper's residual block: `Linear(x) + Linear(ReLU(Linear(x)))`. It starts as
 # the identity (the residual branch's last layer at zero), so before training PACL scores exactly
-# the frozen patches. The logit scale starts at 1/0.07, as in CLIP. `utils.train.fit` is the loop
+# the frozen patches. Where it sits is the course's choice: it takes the projected patch
+# embeddings, already in CLIP's joint space, so that the same code serves the course's CNN and
+# ViT-B/16. The logit scale starts at 1/0.07, as in CLIP. `utils.train.fit` is the loop
 # notebook 01 used; only the parameter groups and the loss function differ.
 
 # %%

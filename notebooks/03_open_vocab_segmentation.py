@@ -466,6 +466,11 @@ show(plot_per_class_iou({m: r["per_class_iou"] for m, r in results.items()}, CLA
 # the entropy rule does better. PACL's training asked exactly "which patches match this text?", and
 # its best cosine becomes the better signal.
 #
+# On Colab the frozen CLIP is OpenAI's ViT-B/16 and its PACL learnt from Flickr8k's photos, not
+# from shapes: the synthetic images are far from anything either was trained on, so read these
+# charts as a first check of the pipeline, and section 5 (real photos, Pascal VOC) for the kind of
+# images the paper measures.
+#
 # **How much does the threshold matter?** Each curve is a method's dev-set mIoU as the threshold
 # moves, one panel per rule; the dot marks the value picked (on the panel of the rule picked). The
 # cosine thresholds are shown by the share of dev pixels they make background.
@@ -716,7 +721,7 @@ else:
 #   method.
 # - **Background is not "nothing" to a CLIP trained on captions.** The best-cosine rule assumes that
 #   a background patch matches no class well. For the raw patches of a CLIP trained on whole
-#   captions that need not hold: most cells of the grid lie over background and each sees about 40
+#   captions that need not hold. On the course's CNN, most cells of the grid lie over background and each sees about 40
 #   of the image's 64 pixels, so once averaged into the image vector they serve the CLIP loss best
 #   by summarising the whole picture, and nothing in the loss asks a cell to describe only what
 #   lies under it. Background cells can then match the shape prompts as well as the shapes do, or
