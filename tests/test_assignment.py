@@ -11,6 +11,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+from assignment_sources import OWN_LOSS, RENAMED_LOSS
 from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,28 +101,6 @@ def _notebook(*sources: str) -> nbformat.NotebookNode:
     return notebook
 
 
-OWN_LOSS = """
-import torch
-import torch.nn.functional as F
-
-def clip_loss(image_emb, text_emb, logit_scale, positives):
-    logits = logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
-    targets = positives.to(logits.dtype)
-    rows = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-    columns = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
-    return (rows + columns) / 2
-"""
-# The same loss with other names, a comment and another layout.
-COPIED_LOSS = """
-import torch
-import torch.nn.functional as F
-def clip_loss(i, t, s, p):
-    z = s * F.normalize(i, dim=-1) @ F.normalize(t, dim=-1).T   # copied, then renamed
-    w = p.to(z.dtype)
-    r = -(w / w.sum(1, keepdim=True) * z.log_softmax(1)).sum(1).mean()
-    c = -(w / w.sum(0, keepdim=True) * z.log_softmax(0)).sum(0).mean()
-    return (r + c) / 2
-"""
 WRONG_LOSS = """
 import torch
 import torch.nn.functional as F
@@ -146,7 +125,7 @@ while True:
 
 FAKE_SUBMISSIONS = {
     "own.ipynb": _notebook(OWN_LOSS),
-    "copied.ipynb": _notebook(COPIED_LOSS),
+    "copied.ipynb": _notebook(RENAMED_LOSS),
     "wrong.ipynb": _notebook(WRONG_LOSS),
     "imports.ipynb": _notebook("from utils.losses import clip_loss"),
     "aliases.ipynb": _notebook("import utils.pacl\npacl_compatibility = utils.pacl.pacl_compatibility"),

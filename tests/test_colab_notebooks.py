@@ -29,6 +29,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from colab_stand_ins import write_stand_ins
 from http_fixture import LocalHTTPServer
 from PIL import Image
 from test_voc import _build_tar
@@ -45,14 +46,6 @@ SPLIT_SIZES = {"train": 160, "dev": 16, "test": 16}   # a batch of 128, as on Co
 PHOTOS = ("cats_on_sofa.jpg", "dog.jpg")          # names the course's real photos go by
 CELL_TIMEOUT_S = 600
 
-STAND_INS = {
-    "google/__init__.py": "",
-    "google/colab/__init__.py": '"""Stands in for Colab\'s module in tests."""\n',
-    "pip/__init__.py": "",
-    "pip/__main__.py": ("import json, os, sys\n"
-                        "with open(os.environ['PIP_CALLS'], 'a') as log:\n"
-                        "    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"),
-}
 NOUNS = ["dog", "man", "woman", "boy", "girl", "ball", "bike", "horse", "car", "child"]
 COLOURS = ["black", "brown", "white", "red", "blue", "green"]
 
@@ -102,10 +95,7 @@ def colab(tmp_path_factory: pytest.TempPathFactory):
     tokenizer.save_pretrained(clip_dir)
     remote = root / "remote" / "clip-pacl.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(REPO), str(remote)], check=True)
-    stand_ins = root / "stand_ins"
-    for relative, text in STAND_INS.items():
-        (stand_ins / relative).parent.mkdir(parents=True, exist_ok=True)
-        (stand_ins / relative).write_text(text)
+    stand_ins = write_stand_ins(root / "stand_ins")
     with LocalHTTPServer(served) as server:
         yield {"server": server, "served": served, "clip_dir": clip_dir, "remote": remote,
                "stand_ins": stand_ins, "root": root}

@@ -12,21 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from colab_stand_ins import write_stand_ins
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = (REPO / "notebooks" / "setup_cell.py").read_text()
 NAME = "clip-pacl"
-
-# Imported before the cell runs, as Colab's kernel does; records every `python -m pip` call.
-STAND_INS = {
-    "google/__init__.py": "",
-    "google/colab/__init__.py": '"""Stands in for Colab\'s module in tests."""\n',
-    "pip/__init__.py": "",
-    "pip/__main__.py": ("import json, os, sys\n"
-                        "with open(os.environ['PIP_CALLS'], 'a') as log:\n"
-                        "    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"),
-}
-
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -39,11 +29,8 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run_setup(tmp_path: Path, repo_url: str, drive: Path | None = None
                ) -> tuple[subprocess.CompletedProcess, Path, list[list[str]]]:
     """Run the set-up cell as a fresh Colab runtime would, in an empty working folder."""
-    stand_ins, work = tmp_path / "stand_ins", tmp_path / "content"
+    stand_ins, work = write_stand_ins(tmp_path / "stand_ins"), tmp_path / "content"
     work.mkdir(exist_ok=True)
-    for relative, text in STAND_INS.items():
-        (stand_ins / relative).parent.mkdir(parents=True, exist_ok=True)
-        (stand_ins / relative).write_text(text)
     source = SETUP.replace('REPO_URL = "https://github.com/clip-pacl/clip-pacl"',
                            f"REPO_URL = {repo_url!r}")
     if drive is not None:
