@@ -24,8 +24,10 @@
 # **Rules.** Write each function yourself with `torch` and `torch.nn.functional`. A function taken
 # from the course's package `utils` (imported, renamed, or called from inside your own function)
 # scores 0 for that exercise, and the check says so. Keep the function names: the grader looks
-# for them. The grader also lists exercises whose code is the same as another submission's, up to
-# the names of variables, comments and layout.
+# for them. The grader reads your code as well as running it: a notebook that runs code it does not
+# show (`exec`, `eval`, `globals()`, `importlib.import_module`, `__import__`, ...) or changes the
+# course's modules scores 0 on every exercise, and exercises whose code is the same as another
+# submission's, up to the names of variables, comments and layout, are listed for your instructor.
 #
 # **Submitting.** Run the whole notebook top to bottom (*Runtime → Restart session and run all* on
 # Colab), check that the summary at the end shows what you expect, save, and hand in the `.ipynb`
