@@ -450,11 +450,14 @@ def answer_experiment(run_experiment: object, answer: object,
     return record, fig
 
 
+EXPERIMENT_CHECKS = ("run_experiment() returns a matplotlib Figure", "the figure shows data",
+                     "a plot has labelled x and y axes",
+                     f"EXPERIMENT_ANSWER is a paragraph of at least {MIN_ANSWER_WORDS} words")
+
+
 def judge_experiment(record: dict) -> CheckResult:
     """The form checks of (e) on :func:`answer_experiment`'s data; an instructor reads the rest."""
-    names = ["run_experiment() returns a matplotlib Figure", "the figure shows data",
-             "a plot has labelled x and y axes",
-             f"EXPERIMENT_ANSWER is a paragraph of at least {MIN_ANSWER_WORDS} words"]
+    names = EXPERIMENT_CHECKS
     status = record.get("status") if isinstance(record, dict) else None
     if status == "missing":
         return CheckResult("e", EXPERIMENT_TITLE, "missing", 0, len(names),
@@ -533,7 +536,7 @@ def grade_saved_answers(folder: str | os.PathLike[str], token: str) -> dict[str,
     results = {}
     for key in GRADED_KEYS:
         title = EXPERIMENT_TITLE if key == "e" else EXERCISES[key].title
-        total = 4 if key == "e" else len(EXERCISES[key].cases)
+        total = len(EXPERIMENT_CHECKS) if key == "e" else len(EXERCISES[key].cases)
         try:
             saved = torch.load(answer_file(folder, key), weights_only=True)
             if not isinstance(saved, dict) or saved.get("token") != token:

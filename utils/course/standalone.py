@@ -91,19 +91,17 @@ def train_pacl_recipe(backbone: FrozenBackbone, images_dir: Path,
 
 
 def rebuild_pacl(backbone: FrozenBackbone, pacl_dir: Path, flickr8k_root: Path, image_size: int,
-                 recipe: PACLRecipe = PACLRecipe(), *, max_images: int | None = None,
-                 base_url: str = FLICKR8K_BASE_URL, archives: dict[str, str] = FLICKR8K_ARCHIVES,
+                 recipe: PACLRecipe = PACLRecipe(), *, base_url: str = FLICKR8K_BASE_URL, archives: dict[str, str] = FLICKR8K_ARCHIVES,
                  num_workers: int = 0, progress: bool = True) -> Path:
     """Train PACL on Flickr8k's training split with notebook 02's recipe; save it to
     ``pacl_dir`` (with the backbone's key, which :func:`utils.storage.pacl_io.load_pacl` checks).
 
     Downloads Flickr8k into ``flickr8k_root`` first if it is not there (about 1 GB); runs the
     backbone once over the training images (the longest step), then trains the small embedder.
-    ``max_images`` caps the training images (the first ones of the split file).
     """
     files = locate_dataset(prepare_flickr8k(flickr8k_root, base_url=base_url, archives=archives,
                                             progress=progress))
-    train_items = load_split(files, "train")[:max_images]
+    train_items = load_split(files, "train")
     print(f"Training PACL with notebook 02's recipe: {len(train_items)} Flickr8k training images "
           f"through the frozen CLIP once, then {recipe.epochs} epochs of the vision embedder.")
     pacl, _ = train_pacl_recipe(backbone, files.images_dir, train_items, FLICKR_VOCABULARY,
